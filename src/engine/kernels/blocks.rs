@@ -1,0 +1,242 @@
+//! GGUF weight block layouts (byte-exact, alignment 1) and the 8-bit activation blocks the
+//! integer dot products consume.
+//!
+//! Weight blocks keep their `f16` fields as raw little-endian bytes so that any `&[u8]` of the
+//! right length can be viewed as a slice of blocks, whatever its alignment (GGUF data is mmapped).
+
+use half::f16;
+
+/// Elements per block of the 32-wide ("legacy") formats.
+pub const QK: usize = 32;
+/// Elements per super-block of the K-quant formats.
+pub const QK_K: usize = 256;
+
+/// Reads a little-endian IEEE half stored as two bytes.
+#[inline(always)]
+pub fn f16_le(b: [u8; 2]) -> f32 {
+    f16::from_bits(u16::from_le_bytes(b)).to_f32()
+}
+
+/// `Q4_0`: 32 weights `d * (q - 8)`, 4-bit `q`; element `j` in the low nibble of `qs[j]`,
+/// element `j + 16` in its high nibble.
+#[repr(C)]
+pub struct BlockQ4_0 {
+    pub d: [u8; 2],
+    pub qs: [u8; 16],
+}
+
+/// `Q4_1`: 32 weights `d * q + m`, 4-bit `q`, nibbles as in [`BlockQ4_0`].
+#[repr(C)]
+pub struct BlockQ4_1 {
+    pub d: [u8; 2],
+    pub m: [u8; 2],
+    pub qs: [u8; 16],
+}
+
+/// `Q5_0`: 32 weights `d * (q - 16)`, 5-bit `q`; bit `j` of `qh` is the fifth bit of element `j`.
+#[repr(C)]
+pub struct BlockQ5_0 {
+    pub d: [u8; 2],
+    pub qh: [u8; 4],
+    pub qs: [u8; 16],
+}
+
+/// `Q5_1`: 32 weights `d * q + m`, 5-bit `q`, bits as in [`BlockQ5_0`].
+#[repr(C)]
+pub struct BlockQ5_1 {
+    pub d: [u8; 2],
+    pub m: [u8; 2],
+    pub qh: [u8; 4],
+    pub qs: [u8; 16],
+}
+
+/// `Q8_0`: 32 weights `d * q`, signed 8-bit `q`.
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: [u8; 2],
+    pub qs: [i8; 32],
+}
+
+/// `Q2_K`: 256 weights in 16 groups of 16; `scales[g]` holds a 4-bit scale (low) and min (high).
+#[repr(C)]
+pub struct BlockQ2K {
+    pub scales: [u8; 16],
+    pub qs: [u8; 64],
+    pub d: [u8; 2],
+    pub dmin: [u8; 2],
+}
+
+/// `Q3_K`: 256 weights in 16 groups of 16, 2 low bits in `qs`, the third in `hmask`, 6-bit
+/// signed scales packed into 12 bytes.
+#[repr(C)]
+pub struct BlockQ3K {
+    pub hmask: [u8; 32],
+    pub qs: [u8; 64],
+    pub scales: [u8; 12],
+    pub d: [u8; 2],
+}
+
+/// `Q4_K`: 256 weights in 8 groups of 32, each `d * sc * q - dmin * m` with 6-bit `sc`, `m`.
+#[repr(C)]
+pub struct BlockQ4K {
+    pub d: [u8; 2],
+    pub dmin: [u8; 2],
+    pub scales: [u8; 12],
+    pub qs: [u8; 128],
+}
+
+/// `Q5_K`: as [`BlockQ4K`] with a fifth bit per weight in `qh`.
+#[repr(C)]
+pub struct BlockQ5K {
+    pub d: [u8; 2],
+    pub dmin: [u8; 2],
+    pub scales: [u8; 12],
+    pub qh: [u8; 32],
+    pub qs: [u8; 128],
+}
+
+/// `Q6_K`: 256 weights in 16 groups of 16, each `d * sc * (q - 32)`, 6-bit `q`, 8-bit `sc`.
+#[repr(C)]
+pub struct BlockQ6K {
+    pub ql: [u8; 128],
+    pub qh: [u8; 64],
+    pub scales: [i8; 16],
+    pub d: [u8; 2],
+}
+
+/// Activations quantized for the 32-wide formats: `x ≈ d * qs`, and `s = d * Σ qs`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockQ8 {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; 32],
+}
+
+/// Activations quantized for the K-quants: `x ≈ d * qs`, `bsums[g] = Σ qs[16g..16g+16]`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; 256],
+    pub bsums: [i16; 16],
+}
+
+/// Plain-old-data blocks that can be viewed from raw bytes.
+///
+/// # Safety
+/// Implementors must be `repr(C)`, contain only integer/float arrays (every bit pattern valid)
+/// and have no padding.
+pub unsafe trait Pod: Sized {}
+
+// SAFETY: each is repr(C), made only of byte/integer/float arrays, without padding.
+unsafe impl Pod for BlockQ4_0 {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ4_1 {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ5_0 {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ5_1 {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ8_0 {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ2K {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ3K {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ4K {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ5K {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ6K {}
+// SAFETY: 4 + 4 + 32 bytes, alignment 4, no padding.
+unsafe impl Pod for BlockQ8 {}
+// SAFETY: 4 + 256 + 32 bytes, alignment 4, no padding.
+unsafe impl Pod for BlockQ8K {}
+
+/// Views `bytes` as blocks. Panics if the length is not a whole number of blocks or the
+/// alignment is wrong (only possible for the `f32`-holding activation blocks).
+#[inline(always)]
+pub fn cast<T: Pod>(bytes: &[u8]) -> &[T] {
+    let size = std::mem::size_of::<T>();
+    assert!(bytes.len().is_multiple_of(size));
+    assert!((bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()));
+    // SAFETY: length and alignment checked above; `T: Pod` accepts every bit pattern.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) }
+}
+
+/// Views `bytes` as mutable blocks; panics as [`cast`] does.
+#[inline(always)]
+pub fn cast_mut<T: Pod>(bytes: &mut [u8]) -> &mut [T] {
+    let size = std::mem::size_of::<T>();
+    assert!(bytes.len().is_multiple_of(size));
+    assert!((bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()));
+    // SAFETY: length and alignment checked above; `T: Pod` accepts every bit pattern.
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<T>(), bytes.len() / size) }
+}
+
+/// Views blocks as bytes.
+#[inline(always)]
+pub fn as_bytes<T: Pod>(blocks: &[T]) -> &[u8] {
+    // SAFETY: `T: Pod` has no padding, so every byte is initialised.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks)) }
+}
+
+/// Views blocks as mutable bytes.
+#[inline(always)]
+pub fn as_bytes_mut<T: Pod>(blocks: &mut [T]) -> &mut [u8] {
+    // SAFETY: `T: Pod` has no padding and accepts every bit pattern written through the bytes.
+    unsafe {
+        std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
+    }
+}
+
+/// Unpacks the eight 6-bit (scale, min) pairs of a `Q4_K` / `Q5_K` block.
+#[inline(always)]
+pub fn k4_scales_mins(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut m = [0u8; 8];
+    for j in 0..4 {
+        sc[j] = s[j] & 63;
+        m[j] = s[j + 4] & 63;
+    }
+    for j in 4..8 {
+        sc[j] = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+        m[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+    (sc, m)
+}
+
+/// Unpacks the sixteen 6-bit scales of a `Q3_K` block, already offset to `-32..31`.
+#[inline(always)]
+pub fn k3_scales(s: &[u8; 12]) -> [i8; 16] {
+    let mut out = [0i8; 16];
+    for (j, o) in out.iter_mut().enumerate() {
+        let low = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
+        let high = (s[8 + (j % 4)] >> (2 * (j / 4))) & 3;
+        *o = ((low | (high << 4)) as i8) - 32;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_sizes_match_gguf() {
+        use std::mem::size_of;
+        assert_eq!(size_of::<BlockQ4_0>(), 18);
+        assert_eq!(size_of::<BlockQ4_1>(), 20);
+        assert_eq!(size_of::<BlockQ5_0>(), 22);
+        assert_eq!(size_of::<BlockQ5_1>(), 24);
+        assert_eq!(size_of::<BlockQ8_0>(), 34);
+        assert_eq!(size_of::<BlockQ2K>(), 84);
+        assert_eq!(size_of::<BlockQ3K>(), 110);
+        assert_eq!(size_of::<BlockQ4K>(), 144);
+        assert_eq!(size_of::<BlockQ5K>(), 176);
+        assert_eq!(size_of::<BlockQ6K>(), 210);
+        assert_eq!(size_of::<BlockQ8>(), 40);
+        assert_eq!(size_of::<BlockQ8K>(), 292);
+    }
+}

@@ -1,0 +1,113 @@
+//! Instruction-set selection, detected once per process, and the per-format kernel table.
+
+use super::GgmlDType;
+use super::dot_scalar as sc;
+use std::sync::OnceLock;
+
+/// The instruction-set paths, ordered from the most portable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable Rust; also what non-x86 targets use.
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512 F/BW/VL with VNNI, plus everything `Avx2` needs.
+    Avx512,
+}
+
+/// The best path this CPU supports, overridable downwards with `WARD_ISA=scalar|avx2`.
+pub fn get() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let best = *available().last().expect("scalar is always available");
+        match std::env::var("WARD_ISA").as_deref() {
+            Ok("scalar") => Isa::Scalar,
+            Ok("avx2") => best.min(Isa::Avx2),
+            _ => best,
+        }
+    })
+}
+
+/// Every path this CPU supports, from the most portable.
+pub fn available() -> Vec<Isa> {
+    #[allow(unused_mut)]
+    let mut v = vec![Isa::Scalar];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") && has!("f16c") {
+            v.push(Isa::Avx2);
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
+                v.push(Isa::Avx512);
+            }
+        }
+    }
+    v
+}
+
+/// The format of the activations a weight format's dot product consumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// Plain `f32`.
+    F32,
+    /// [`super::blocks::BlockQ8`], 32 per block.
+    Q8,
+    /// [`super::blocks::BlockQ8K`], 256 per block.
+    Q8K,
+}
+
+impl Act {
+    /// Bytes of one activation row of `cols` elements.
+    pub fn row_bytes(self, cols: usize) -> usize {
+        use super::blocks::{BlockQ8, BlockQ8K, QK, QK_K};
+        match self {
+            Act::F32 => cols * 4,
+            Act::Q8 => cols / QK * std::mem::size_of::<BlockQ8>(),
+            Act::Q8K => cols / QK_K * std::mem::size_of::<BlockQ8K>(),
+        }
+    }
+}
+
+/// One weight row (bytes) · one activation row (bytes, in the matching [`Act`] format).
+///
+/// `unsafe` because SIMD entries require their CPU features: only call an entry obtained
+/// from [`kernel`] with an [`Isa`] listed by [`available`].
+pub type DotFn = unsafe fn(w: &[u8], a: &[u8]) -> f32;
+
+/// The activation format for `dtype`.
+pub fn act(dtype: GgmlDType) -> Act {
+    use GgmlDType::*;
+    match dtype {
+        F32 | F16 | BF16 => Act::F32,
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => Act::Q8,
+        Q2K | Q3K | Q4K | Q5K | Q6K => Act::Q8K,
+        Q8_1 | Q8K => unreachable!("rejected by QMatrix::new"),
+    }
+}
+
+/// The dot product for `dtype` on `isa` (falling back to a slower path where a format has no
+/// kernel for that ISA).
+pub fn kernel(dtype: GgmlDType, isa: Isa) -> DotFn {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(f) = super::x86::kernel(dtype, isa) {
+        return f;
+    }
+    let _ = isa;
+    use GgmlDType::*;
+    match dtype {
+        F32 => sc::f32_f32,
+        F16 => sc::f16_f32,
+        BF16 => sc::bf16_f32,
+        Q4_0 => sc::q4_0,
+        Q4_1 => sc::q4_1,
+        Q5_0 => sc::q5_0,
+        Q5_1 => sc::q5_1,
+        Q8_0 => sc::q8_0,
+        Q2K => sc::q2k,
+        Q3K => sc::q3k,
+        Q4K => sc::q4k,
+        Q5K => sc::q5k,
+        Q6K => sc::q6k,
+        Q8_1 | Q8K => unreachable!("rejected by QMatrix::new"),
+    }
+}

@@ -1,0 +1,210 @@
+//! Compute kernels for the CPU path: quantized block formats, dot products and matrix products.
+//!
+//! [`matmul`] multiplies a GGUF weight matrix ([`QMatrix`], borrowed straight from the mmap)
+//! by `n` activation rows. It quantizes the activations once to 8-bit blocks (`Q8_0`-like for
+//! the 32-wide formats, `Q8_K`-like for the K-quants), then runs fused integer dot products
+//! (AVX-512 VNNI, AVX2 or portable scalar, chosen once at start-up) over tiles of rows ×
+//! tokens spread across a small spinning thread pool. [`ops`] holds the `f32` helpers the
+//! model graph needs around the matmuls.
+
+mod blocks;
+mod dequant;
+mod dot_scalar;
+mod isa;
+pub mod ops;
+mod pool;
+mod quant;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use candle_core::quantized::GgmlDType;
+pub use isa::Isa;
+pub use pool::{set_threads, threads};
+
+use blocks::{BlockQ8, BlockQ8K, as_bytes_mut};
+use isa::Act;
+use std::cell::RefCell;
+
+/// A weight matrix in GGUF block format: `rows` rows of `cols` elements, row-major, each row
+/// `cols / block_size` blocks.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatrix<'a> {
+    pub dtype: GgmlDType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> QMatrix<'a> {
+    /// Checks that `dtype` is supported, `cols` is a whole number of blocks and `data` holds
+    /// exactly `rows` rows.
+    pub fn new(dtype: GgmlDType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, String> {
+        if matches!(dtype, GgmlDType::Q8_1 | GgmlDType::Q8K) {
+            return Err(format!("weight type {dtype:?} is not supported by the CPU kernels"));
+        }
+        let block = dtype.block_size();
+        if cols == 0 || !cols.is_multiple_of(block) {
+            return Err(format!("{dtype:?} row width {cols} is not a positive multiple of {block}"));
+        }
+        let expected = rows * (cols / block) * dtype.type_size();
+        if data.len() != expected {
+            return Err(format!(
+                "{dtype:?} matrix {rows}x{cols} needs {expected} bytes, got {}",
+                data.len()
+            ));
+        }
+        Ok(Self { dtype, rows, cols, data })
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.dtype.block_size() * self.dtype.type_size()
+    }
+
+    /// The bytes of row `row`.
+    pub fn row(&self, row: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[row * rb..(row + 1) * rb]
+    }
+
+    /// Dequantizes row `row` into `out` (`cols` long), e.g. for an embedding lookup.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        assert_eq!(out.len(), self.cols, "dequantize_row: output length");
+        dequant::dequantize(self.dtype, self.row(row), out);
+    }
+}
+
+/// 64-byte aligned storage for quantized activations.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out[t * rows + r] = dot(W[r], x[t * cols ..])` for `t` in `0..n`.
+///
+/// Multithreaded over tiles of rows × tokens (see [`set_threads`]). Panics if the lengths of
+/// `x` (`n * cols`) or `out` (`n * rows`) are wrong.
+pub fn matmul(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32]) {
+    matmul_isa(w, x, n, out, isa::get());
+}
+
+/// [`matmul`] on a chosen instruction-set path (which must be in [`isa::available`]).
+pub(crate) fn matmul_isa(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], isa: Isa) {
+    assert_eq!(x.len(), n * w.cols, "matmul: activation length");
+    assert_eq!(out.len(), n * w.rows, "matmul: output length");
+    assert!(isa::available().contains(&isa) || isa == Isa::Scalar);
+    if n == 0 || w.rows == 0 {
+        return;
+    }
+    let act = isa::act(w.dtype);
+    let dot = isa::kernel(w.dtype, isa);
+    if act == Act::F32 {
+        // SAFETY: `x` is a valid `f32` slice; viewing it as bytes is always sound.
+        let bytes = unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), x.len() * 4) };
+        return run_tiles(w, bytes, act.row_bytes(w.cols), n, out, dot);
+    }
+    let arow = act.row_bytes(w.cols);
+    let mut scratch = SCRATCH.with_borrow_mut(std::mem::take);
+    scratch.resize((n * arow).div_ceil(64), Line([0; 64]));
+    // SAFETY: `Line` is plain bytes; the view covers exactly the vector's storage.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), scratch.len() * 64)
+    };
+    let bytes = &mut bytes[..n * arow];
+    quantize_rows(act, x, w.cols, bytes);
+    run_tiles(w, bytes, arow, n, out, dot);
+    SCRATCH.with_borrow_mut(|s| *s = scratch);
+}
+
+/// Quantizes `n` activation rows of `cols` into `out`, in parallel for large batches.
+fn quantize_rows(act: Act, x: &[f32], cols: usize, out: &mut [u8]) {
+    let n = x.len() / cols;
+    let arow = out.len() / n;
+    let one = |t: usize, o: &mut [u8]| {
+        let xs = &x[t * cols..(t + 1) * cols];
+        match act {
+            Act::Q8 => quant::quantize_q8(xs, blocks::cast_mut::<BlockQ8>(o)),
+            Act::Q8K => quant::quantize_q8k(xs, blocks::cast_mut::<BlockQ8K>(o)),
+            Act::F32 => unreachable!(),
+        }
+    };
+    if n * cols < 1 << 16 {
+        for (t, o) in out.chunks_exact_mut(arow).enumerate() {
+            one(t, o);
+        }
+        return;
+    }
+    let ptr = SyncPtr(out.as_mut_ptr());
+    let chunks = pool::Chunks::new(n);
+    pool::run(&|_| {
+        while let Some(t) = chunks.claim() {
+            // SAFETY: each token index is claimed once, so the row slices are disjoint and
+            // inside `out`.
+            let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(t * arow), arow) };
+            one(t, o);
+        }
+    });
+}
+
+/// A raw pointer that may be shared between the pool's threads, each writing disjoint parts.
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+// SAFETY: users only write disjoint elements from different threads (see each use).
+unsafe impl<T> Sync for SyncPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Send for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    #[inline(always)]
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Rows per tile when decoding one token: enough tiles per thread to balance load.
+fn decode_tile_rows(rows: usize, threads: usize) -> usize {
+    (rows / (threads * 8)).clamp(16, 512).next_multiple_of(4)
+}
+
+/// Splits the `rows × n` output into tiles and runs them on the pool.
+fn run_tiles(
+    w: &QMatrix,
+    act: &[u8],
+    arow: usize,
+    n: usize,
+    out: &mut [f32],
+    dot: isa::DotFn,
+) {
+    let rows = w.rows;
+    let (tr, tt) = if n == 1 {
+        (decode_tile_rows(rows, pool::threads()), 1)
+    } else {
+        (16, 64)
+    };
+    let (nr, nt) = (rows.div_ceil(tr), n.div_ceil(tt));
+    let chunks = pool::Chunks::new(nr * nt);
+    let optr = SyncPtr(out.as_mut_ptr());
+    let wq = *w;
+    let task = |_| {
+        while let Some(c) = chunks.claim() {
+            let (ri, ti) = (c / nt, c % nt);
+            let r_end = ((ri + 1) * tr).min(rows);
+            let t_end = ((ti + 1) * tt).min(n);
+            for t in ti * tt..t_end {
+                let a = &act[t * arow..(t + 1) * arow];
+                for r in ri * tr..r_end {
+                    // SAFETY: `dot` came from `isa::kernel` for an ISA this CPU supports.
+                    let v = unsafe { dot(wq.row(r), a) };
+                    // SAFETY: each (t, r) belongs to exactly one tile, claimed once; the index
+                    // is below `n * rows == out.len()`.
+                    unsafe { optr.get().add(t * rows + r).write(v) };
+                }
+            }
+        }
+    };
+    if nr * nt == 1 { task(0) } else { pool::run(&task) }
+}

@@ -1,0 +1,238 @@
+//! `f32` helpers for the model graph: norms, activations, softmax and the dot / axpy pair that
+//! attention runs over the KV cache.
+//!
+//! Each is written once as a plain loop that the compiler vectorizes, then compiled again
+//! inside `#[target_feature]` wrappers for AVX-512 and AVX2 and picked by the runtime ISA.
+
+use super::isa::{self, Isa};
+use half::slice::HalfFloatSliceExt;
+
+/// Defines `pub fn $name` running `$imp` compiled for the best ISA detected at runtime.
+macro_rules! multiversion {
+    ($(#[$m:meta])* pub fn $name:ident($($a:ident: $t:ty),*) $(-> $r:ty)? => $imp:ident) => {
+        $(#[$m])*
+        pub fn $name($($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+                fn v512($($a: $t),*) $(-> $r)? { $imp($($a),*) }
+                #[target_feature(enable = "avx2,fma,f16c")]
+                fn v256($($a: $t),*) $(-> $r)? { $imp($($a),*) }
+                match isa::get() {
+                    // SAFETY: AVX-512 F/BW/VL (and DQ, present on every VNNI CPU) detected.
+                    Isa::Avx512 => return unsafe { v512($($a),*) },
+                    // SAFETY: AVX2, FMA and F16C detected at runtime.
+                    Isa::Avx2 => return unsafe { v256($($a),*) },
+                    Isa::Scalar => {}
+                }
+            }
+            $imp($($a),*)
+        }
+    };
+}
+
+const L: usize = 16;
+
+#[inline(always)]
+fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_f32: lengths");
+    let mut acc = [[0f32; L]; 2];
+    let (ca, cb) = (a.chunks_exact(2 * L), b.chunks_exact(2 * L));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..2 {
+            for i in 0..L {
+                acc[k][i] += x[k * L + i] * y[k * L + i];
+            }
+        }
+    }
+    let mut s = 0f32;
+    for i in 0..L {
+        s += acc[0][i] + acc[1][i];
+    }
+    s + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
+}
+
+#[inline(always)]
+fn axpy_impl(alpha: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy: lengths");
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
+    }
+}
+
+#[inline(always)]
+fn sum_sq(x: &[f32]) -> f32 {
+    let mut acc = [0f32; L];
+    let c = x.chunks_exact(L);
+    let r = c.remainder();
+    for v in c {
+        for i in 0..L {
+            acc[i] += v[i] * v[i];
+        }
+    }
+    acc.iter().sum::<f32>() + r.iter().map(|v| v * v).sum::<f32>()
+}
+
+#[inline(always)]
+fn rms_norm_impl(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    assert!(x.len() == w.len() && x.len() == out.len(), "rms_norm: lengths");
+    let scale = 1.0 / (sum_sq(x) / x.len() as f32 + eps).sqrt();
+    for ((o, &x), &w) in out.iter_mut().zip(x).zip(w) {
+        *o = x * scale * w;
+    }
+}
+
+/// `e^x` to about 1 ulp·few, branch-free so that loops over it vectorize; saturates to 0 / inf.
+#[inline(always)]
+pub fn exp_approx(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.0);
+    // x = n ln2 + r, |r| <= ln2 / 2.
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (0.166_666_67
+                    + r * (0.041_666_41 + r * (0.008_333_452 + r * 0.001_388_89)))));
+    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+#[inline(always)]
+fn silu_one(x: f32) -> f32 {
+    x / (1.0 + exp_approx(-x))
+}
+
+#[inline(always)]
+fn gelu_one(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+    let u = C * (x + 0.044_715 * x * x * x);
+    // 0.5 (1 + tanh u) = 1 / (1 + e^{-2u})
+    x / (1.0 + exp_approx(-2.0 * u))
+}
+
+#[inline(always)]
+fn silu_impl(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = silu_one(*v));
+}
+
+#[inline(always)]
+fn silu_mul_impl(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul: lengths");
+    gate.iter_mut().zip(up).for_each(|(g, u)| *g = silu_one(*g) * u);
+}
+
+#[inline(always)]
+fn gelu_impl(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = gelu_one(*v));
+}
+
+#[inline(always)]
+fn gelu_mul_impl(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "gelu_tanh_mul: lengths");
+    gate.iter_mut().zip(up).for_each(|(g, u)| *g = gelu_one(*g) * u);
+}
+
+#[inline(always)]
+fn softmax_impl(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    if max == f32::NEG_INFINITY {
+        return;
+    }
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = exp_approx(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+#[inline(always)]
+fn add_impl(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len(), "add_inplace: lengths");
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+#[inline(always)]
+fn mul_impl(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len(), "mul_inplace: lengths");
+    x.iter_mut().zip(y).for_each(|(a, b)| *a *= b);
+}
+
+#[inline(always)]
+fn scale_impl(x: &mut [f32], s: f32) {
+    x.iter_mut().for_each(|a| *a *= s);
+}
+
+multiversion!(
+    /// `Σ a[i] b[i]`.
+    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 => dot_impl
+);
+multiversion!(
+    /// `y += alpha * x`.
+    pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) => axpy_impl
+);
+multiversion!(
+    /// `out = x / sqrt(mean(x²) + eps) * w`. (Gemma's `1 + w` is folded into `w` at load.)
+    pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) => rms_norm_impl
+);
+multiversion!(
+    /// In-place softmax; a row of all `-inf` is left as is.
+    pub fn softmax_inplace(x: &mut [f32]) => softmax_impl
+);
+multiversion!(
+    /// In-place `x * sigmoid(x)`.
+    pub fn silu(x: &mut [f32]) => silu_impl
+);
+multiversion!(
+    /// `gate = silu(gate) * up`, the SwiGLU feed-forward gate.
+    pub fn silu_mul(gate: &mut [f32], up: &[f32]) => silu_mul_impl
+);
+multiversion!(
+    /// In-place GELU, tanh approximation.
+    pub fn gelu_tanh(x: &mut [f32]) => gelu_impl
+);
+multiversion!(
+    /// `gate = gelu_tanh(gate) * up`, the GeGLU feed-forward gate.
+    pub fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) => gelu_mul_impl
+);
+multiversion!(
+    /// `x += y`.
+    pub fn add_inplace(x: &mut [f32], y: &[f32]) => add_impl
+);
+multiversion!(
+    /// `x *= y`, elementwise.
+    pub fn mul_inplace(x: &mut [f32], y: &[f32]) => mul_impl
+);
+multiversion!(
+    /// `x *= s`.
+    pub fn scale_inplace(x: &mut [f32], s: f32) => scale_impl
+);
+
+/// Converts little-endian IEEE half bytes to `f32` (`out.len() * 2 == bytes.len()`).
+pub fn f16_to_f32(bytes: &[u8], out: &mut [f32]) {
+    assert_eq!(bytes.len(), out.len() * 2, "f16_to_f32: lengths");
+    if (bytes.as_ptr() as usize).is_multiple_of(2) {
+        // SAFETY: aligned for u16 (checked) and exactly `out.len()` halves long.
+        let h = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<half::f16>(), out.len()) };
+        h.convert_to_f32_slice(out);
+    } else {
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        }
+    }
+}
+
+/// Converts `f32` to `f16` values.
+pub fn f32_to_f16(x: &[f32], out: &mut [half::f16]) {
+    out.convert_from_f32_slice(x);
+}
+
+/// Converts little-endian bfloat16 bytes to `f32` (`out.len() * 2 == bytes.len()`).
+pub fn bf16_to_f32(bytes: &[u8], out: &mut [f32]) {
+    assert_eq!(bytes.len(), out.len() * 2, "bf16_to_f32: lengths");
+    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+    }
+}

@@ -1,0 +1,13 @@
+//! The inference engine: GGUF loading, tokenizer, chat templates, model graph, kernels,
+//! sampling and the generation loop. Nothing here knows about HTTP.
+
+pub mod error;
+pub mod gguf;
+pub mod kernels;
+pub mod model;
+pub mod sampler;
+pub mod template;
+pub mod tokenizer;
+// pub mod generate; (enabled once tokenizer lands)
+pub mod stream;
+// pub mod loaded; (enabled once tokenizer and template land)

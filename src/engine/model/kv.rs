@@ -1,0 +1,221 @@
+//! The paged key/value cache: a pool of fixed-size blocks owned by the engine, and per-sequence
+//! block tables (vLLM's paged attention, on the CPU).
+//!
+//! A sequence owns a list of block ids; block `i` holds positions `i*BLOCK..(i+1)*BLOCK` for every
+//! layer. Blocks are reference-counted so that sequences can share a prompt prefix; a shared
+//! block is copied before it is written (copy-on-write). Blocks are allocated lazily and recycled
+//! through a free list, and the pool is bounded.
+
+use crate::engine::error::{EngineError, Result};
+
+/// Positions per block.
+pub const BLOCK: usize = 32;
+
+/// The block pool. One per loaded model.
+pub struct KvPool {
+    n_layer: usize,
+    kv_dim: usize,
+    max_blocks: usize,
+    blocks: Vec<Box<[f32]>>,
+    refs: Vec<u32>,
+    free: Vec<u32>,
+}
+
+/// A sequence's view of the cache: its block table and how many positions are filled.
+#[derive(Debug, Default, Clone)]
+pub struct SeqKv {
+    blocks: Vec<u32>,
+    len: usize,
+}
+
+impl SeqKv {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl KvPool {
+    /// A pool for a model with `n_layer` layers of `kv_dim`-wide keys and values, holding at most
+    /// `max_tokens` positions over all sequences.
+    pub fn new(n_layer: usize, kv_dim: usize, max_tokens: usize) -> Self {
+        Self {
+            n_layer,
+            kv_dim,
+            max_blocks: max_tokens.div_ceil(BLOCK).max(1),
+            blocks: Vec::new(),
+            refs: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    /// Total capacity in positions.
+    pub fn capacity_tokens(&self) -> usize {
+        self.max_blocks * BLOCK
+    }
+
+    /// Positions that can still be allocated.
+    pub fn free_tokens(&self) -> usize {
+        (self.max_blocks - self.blocks.len() + self.free.len()) * BLOCK
+    }
+
+    fn block_len(&self) -> usize {
+        self.n_layer * 2 * BLOCK * self.kv_dim
+    }
+
+    fn alloc(&mut self) -> Result<u32> {
+        if let Some(id) = self.free.pop() {
+            self.refs[id as usize] = 1;
+            return Ok(id);
+        }
+        if self.blocks.len() >= self.max_blocks {
+            return Err(EngineError::InvalidParameter {
+                param: "kv_cache",
+                reason: format!(
+                    "the KV cache is full ({} positions); retry later or raise the cache size",
+                    self.capacity_tokens()
+                ),
+            });
+        }
+        self.blocks
+            .push(vec![0.0; self.block_len()].into_boxed_slice());
+        self.refs.push(1);
+        Ok((self.blocks.len() - 1) as u32)
+    }
+
+    /// Makes room for positions up to `new_len` (exclusive) in `seq`, allocating blocks and
+    /// un-sharing the block that the next write lands in. Positions at or beyond `from` will be
+    /// overwritten, so the sequence is first truncated to `from`.
+    pub fn prepare(&mut self, seq: &mut SeqKv, from: usize, new_len: usize) -> Result<()> {
+        self.truncate(seq, from);
+        let need = new_len.div_ceil(BLOCK);
+        // Copy-on-write for a shared, partially filled last block that will be written to.
+        if seq.len % BLOCK != 0 {
+            let last = seq.len / BLOCK;
+            let id = seq.blocks[last];
+            if self.refs[id as usize] > 1 {
+                let copy = self.alloc()?;
+                let (src, dst) = (id as usize, copy as usize);
+                let data = self.blocks[src].clone();
+                self.blocks[dst] = data;
+                self.refs[src] -= 1;
+                seq.blocks[last] = copy;
+            }
+        }
+        while seq.blocks.len() < need {
+            let id = self.alloc()?;
+            seq.blocks.push(id);
+        }
+        Ok(())
+    }
+
+    /// Marks positions up to `len` as filled (after a forward pass wrote them).
+    pub fn commit(&mut self, seq: &mut SeqKv, len: usize) {
+        debug_assert!(len <= seq.blocks.len() * BLOCK);
+        seq.len = seq.len.max(len);
+    }
+
+    /// Drops cached positions from `len` on, releasing whole blocks no longer needed.
+    pub fn truncate(&mut self, seq: &mut SeqKv, len: usize) {
+        let keep = len.div_ceil(BLOCK);
+        while seq.blocks.len() > keep {
+            let id = seq.blocks.pop().unwrap_or_default();
+            self.unref(id);
+        }
+        seq.len = seq.len.min(len);
+    }
+
+    /// Releases every block of a sequence.
+    pub fn release(&mut self, seq: &mut SeqKv) {
+        self.truncate(seq, 0);
+    }
+
+    fn unref(&mut self, id: u32) {
+        let r = &mut self.refs[id as usize];
+        *r -= 1;
+        if *r == 0 {
+            self.free.push(id);
+        }
+    }
+
+    /// A new sequence sharing the first `len` cached positions of `seq` (prefix reuse).
+    pub fn fork(&mut self, seq: &SeqKv, len: usize) -> SeqKv {
+        let len = len.min(seq.len);
+        let blocks: Vec<u32> = seq.blocks[..len.div_ceil(BLOCK)].to_vec();
+        for &b in &blocks {
+            self.refs[b as usize] += 1;
+        }
+        SeqKv { blocks, len }
+    }
+
+    #[inline]
+    fn offset(&self, layer: usize, which: usize, pos: usize) -> usize {
+        ((layer * 2 + which) * BLOCK + pos % BLOCK) * self.kv_dim
+    }
+
+    /// Writes the key and value of one position of one layer.
+    pub fn write(&mut self, seq: &SeqKv, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let id = seq.blocks[pos / BLOCK] as usize;
+        let ko = self.offset(layer, 0, pos);
+        let vo = self.offset(layer, 1, pos);
+        let d = self.kv_dim;
+        let block = &mut self.blocks[id];
+        block[ko..ko + d].copy_from_slice(k);
+        block[vo..vo + d].copy_from_slice(v);
+    }
+
+    /// The key row (all KV heads) of one position.
+    #[inline]
+    pub fn key(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f32] {
+        let o = self.offset(layer, 0, pos);
+        &self.blocks[seq.blocks[pos / BLOCK] as usize][o..o + self.kv_dim]
+    }
+
+    /// The value row (all KV heads) of one position.
+    #[inline]
+    pub fn value(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f32] {
+        let o = self.offset(layer, 1, pos);
+        &self.blocks[seq.blocks[pos / BLOCK] as usize][o..o + self.kv_dim]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fork_shares_and_copy_on_write_isolates() {
+        let mut pool = KvPool::new(2, 4, 1024);
+        let mut a = SeqKv::default();
+        pool.prepare(&mut a, 0, 40).unwrap();
+        for p in 0..40 {
+            let x = [p as f32; 4];
+            pool.write(&a, 1, p, &x, &x);
+        }
+        pool.commit(&mut a, 40);
+        let mut b = pool.fork(&a, 36);
+        assert_eq!(b.len(), 36);
+        pool.prepare(&mut b, 36, 37).unwrap();
+        pool.write(&b, 1, 36, &[-1.0; 4], &[-1.0; 4]);
+        pool.commit(&mut b, 37);
+        assert_eq!(pool.key(&a, 1, 36), &[36.0; 4]);
+        assert_eq!(pool.key(&b, 1, 36), &[-1.0; 4]);
+        assert_eq!(pool.key(&b, 1, 3), &[3.0; 4]);
+        pool.release(&mut a);
+        pool.release(&mut b);
+        assert_eq!(pool.free_tokens(), pool.capacity_tokens());
+    }
+
+    #[test]
+    fn bounded() {
+        let mut pool = KvPool::new(1, 2, 64);
+        let mut a = SeqKv::default();
+        assert!(pool.prepare(&mut a, 0, 65).is_err());
+        pool.prepare(&mut a, 0, 64).unwrap();
+    }
+}

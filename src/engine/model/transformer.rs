@@ -1,0 +1,221 @@
+//! The decoder-only transformer shared by every supported family (Llama, Qwen2, Qwen3, Gemma 3).
+//!
+//! One forward pass runs a whole [`Batch`]: tokens from any number of sequences, each at its own
+//! position, with keys and values in the paged [`KvPool`]. Matrix products run over all tokens of
+//! the batch at once; attention runs per token against that token's sequence. Families differ
+//! only through [`ModelConfig`] switches.
+
+use rayon::prelude::*;
+
+use crate::engine::error::Result;
+use crate::engine::gguf::GgufFile;
+use crate::engine::kernels::{self, ops};
+
+use super::config::{Activation, ModelConfig};
+use super::kv::{KvPool, SeqKv};
+use super::weights::{Linear, Weights};
+use super::{Batch, Model};
+
+/// A loaded transformer: configuration, memory-mapped weights.
+pub struct Transformer {
+    file: GgufFile,
+    cfg: ModelConfig,
+    w: Weights,
+}
+
+impl Transformer {
+    /// Builds the model over an open GGUF file.
+    pub fn new(file: GgufFile) -> Result<Self> {
+        let cfg = ModelConfig::from_metadata(file.metadata())?;
+        let w = Weights::load(&file, &cfg)?;
+        Ok(Self { file, cfg, w })
+    }
+
+    /// `out[t] = W x[t] + b` for the `n` rows of `x`.
+    fn linear(&self, l: &Linear, x: &[f32], n: usize, out: &mut Vec<f32>) {
+        out.resize(n * l.rows, 0.0);
+        kernels::matmul(&l.matrix(&self.file), x, n, out);
+        if let Some(b) = &l.bias {
+            for row in out.chunks_exact_mut(l.rows) {
+                ops::add_inplace(row, b);
+            }
+        }
+    }
+
+    /// cos/sin tables for the batch's positions, for one RoPE base.
+    fn rope_table(&self, pos: &[usize], base: f32) -> Vec<f32> {
+        let half = self.cfg.rope_dim / 2;
+        let mut t = vec![0.0; pos.len() * half * 2];
+        for (i, &p) in pos.iter().enumerate() {
+            let p = p as f32 / self.cfg.rope_scale;
+            for j in 0..half {
+                let mut theta = p * base.powf(-2.0 * j as f32 / self.cfg.rope_dim as f32);
+                if let Some(f) = &self.w.rope_freqs {
+                    theta /= f[j];
+                }
+                let (s, c) = theta.sin_cos();
+                t[(i * half + j) * 2] = c;
+                t[(i * half + j) * 2 + 1] = s;
+            }
+        }
+        t
+    }
+
+    /// Rotates every head of each row in place.
+    fn apply_rope(&self, x: &mut [f32], heads: usize, table: &[f32]) {
+        let (hd, half) = (self.cfg.head_dim, self.cfg.rope_dim / 2);
+        for (t, row) in x.chunks_exact_mut(heads * hd).enumerate() {
+            let cs = &table[t * half * 2..(t + 1) * half * 2];
+            for h in row.chunks_exact_mut(hd) {
+                for j in 0..half {
+                    let (c, s) = (cs[2 * j], cs[2 * j + 1]);
+                    let (a, b) = if self.cfg.rope_neox { (j, j + half) } else { (2 * j, 2 * j + 1) };
+                    let (x0, x1) = (h[a], h[b]);
+                    h[a] = x0 * c - x1 * s;
+                    h[b] = x0 * s + x1 * c;
+                }
+            }
+        }
+    }
+
+    /// Attention of every (token, head) pair against its sequence's cache.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(&self, il: usize, batch: &Batch, q: &[f32], pool: &KvPool, seqs: &[SeqKv], out: &mut [f32]) {
+        let cfg = &self.cfg;
+        let hd = cfg.head_dim;
+        let group = cfg.n_head / cfg.n_kv_head;
+        let window = if cfg.is_sliding(il) { cfg.sliding_window } else { None };
+        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+            let (t, h) = (i / cfg.n_head, i % cfg.n_head);
+            let qh = &q[i * hd..(i + 1) * hd];
+            let seq = &seqs[batch.seq[t]];
+            let pos = batch.pos[t];
+            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let kvo = (h / group) * hd;
+            let mut scores: Vec<f32> = (lo..=pos)
+                .map(|p| ops::dot_f32(qh, &pool.key(seq, il, p)[kvo..kvo + hd]) * cfg.attn_scale)
+                .collect();
+            ops::softmax_inplace(&mut scores);
+            o.fill(0.0);
+            for (p, &s) in (lo..=pos).zip(&scores) {
+                ops::axpy(s, &pool.value(seq, il, p)[kvo..kvo + hd], o);
+            }
+        });
+    }
+}
+
+impl Model for Transformer {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn metadata(&self) -> &crate::engine::gguf::Metadata {
+        self.file.metadata()
+    }
+
+    fn forward(&self, batch: &Batch, pool: &mut KvPool, seqs: &mut [SeqKv]) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let n = batch.tokens.len();
+        batch.check(seqs.len(), cfg)?;
+        let (d, qd, kvd) = (cfg.dim, cfg.q_dim(), cfg.kv_dim());
+        for (s, seq) in seqs.iter_mut().enumerate() {
+            if let Some((lo, hi)) = batch.span(s) {
+                pool.prepare(seq, lo, hi + 1)?;
+            }
+        }
+
+        // Embeddings, dequantized row by row at lookup.
+        let embed = self.w.embed.matrix(&self.file);
+        let mut x = vec![0.0f32; n * d];
+        for (t, row) in x.chunks_exact_mut(d).enumerate() {
+            embed.dequantize_row(batch.tokens[t] as usize, row);
+            if let Some(s) = cfg.embed_scale {
+                row.iter_mut().for_each(|v| *v *= s);
+            }
+        }
+
+        let rope_global = self.rope_table(&batch.pos, cfg.rope_base);
+        let rope_local = (cfg.sliding_window.is_some()).then(|| self.rope_table(&batch.pos, cfg.rope_base_local));
+        let (mut h, mut q, mut k, mut v) = (vec![0.0; n * d], Vec::new(), Vec::new(), Vec::new());
+        let (mut att, mut o, mut g, mut u) = (vec![0.0; n * qd], Vec::new(), Vec::new(), Vec::new());
+
+        for (il, lw) in self.w.layers.iter().enumerate() {
+            rms_rows(&x, &lw.attn_norm, cfg.rms_eps, &mut h);
+            self.linear(&lw.wq, &h, n, &mut q);
+            self.linear(&lw.wk, &h, n, &mut k);
+            self.linear(&lw.wv, &h, n, &mut v);
+            if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+                rms_heads(&mut q, qn, cfg.rms_eps);
+                rms_heads(&mut k, kn, cfg.rms_eps);
+            }
+            let table = match (&rope_local, cfg.is_sliding(il)) {
+                (Some(t), true) => t,
+                _ => &rope_global,
+            };
+            self.apply_rope(&mut q, cfg.n_head, table);
+            self.apply_rope(&mut k, cfg.n_kv_head, table);
+            for t in 0..n {
+                let seq = &seqs[batch.seq[t]];
+                pool.write(seq, il, batch.pos[t], &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
+            }
+            self.attention(il, batch, &q, pool, seqs, &mut att);
+            self.linear(&lw.wo, &att, n, &mut o);
+            if let Some(pn) = &lw.post_attn_norm {
+                rms_rows_inplace(&mut o, pn, cfg.rms_eps);
+            }
+            ops::add_inplace(&mut x, &o);
+
+            rms_rows(&x, &lw.ffn_norm, cfg.rms_eps, &mut h);
+            self.linear(&lw.w_gate, &h, n, &mut g);
+            self.linear(&lw.w_up, &h, n, &mut u);
+            match cfg.activation {
+                Activation::Silu => ops::silu_mul(&mut g, &u),
+                Activation::GeluTanh => ops::gelu_tanh_mul(&mut g, &u),
+            }
+            self.linear(&lw.w_down, &g, n, &mut o);
+            if let Some(pn) = &lw.post_ffn_norm {
+                rms_rows_inplace(&mut o, pn, cfg.rms_eps);
+            }
+            ops::add_inplace(&mut x, &o);
+        }
+        for (s, seq) in seqs.iter_mut().enumerate() {
+            if let Some((_, hi)) = batch.span(s) {
+                pool.commit(seq, hi + 1);
+            }
+        }
+
+        // Logits only for the rows asked for.
+        let rows: Vec<usize> = (0..n).filter(|&t| batch.logits[t]).collect();
+        let mut xs = vec![0.0; rows.len() * d];
+        for (i, &t) in rows.iter().enumerate() {
+            ops::rms_norm(&x[t * d..(t + 1) * d], &self.w.output_norm, cfg.rms_eps, &mut xs[i * d..(i + 1) * d]);
+        }
+        let mut logits = Vec::new();
+        self.linear(&self.w.output, &xs, rows.len(), &mut logits);
+        if let Some(cap) = cfg.final_softcap {
+            logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
+        }
+        Ok(logits)
+    }
+}
+
+/// RMSNorm of every `w.len()`-wide row of `x` into `out`.
+fn rms_rows(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+    out.resize(x.len(), 0.0);
+    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        ops::rms_norm(xr, w, eps, or);
+    }
+}
+
+fn rms_rows_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let mut tmp = vec![0.0; w.len()];
+    for row in x.chunks_exact_mut(w.len()) {
+        ops::rms_norm(row, w, eps, &mut tmp);
+        row.copy_from_slice(&tmp);
+    }
+}
+
+/// Per-head RMSNorm (Q/K norms of Qwen3 and Gemma 3).
+fn rms_heads(x: &mut [f32], w: &[f32], eps: f32) {
+    rms_rows_inplace(x, w, eps);
+}

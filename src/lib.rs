@@ -1,0 +1,8 @@
+//! ward: a private LLM appliance for security operations.
+//!
+//! Layers only look down: `api` → `service` → `engine`, `catalog` (and later
+//! `knowledge`, `scan`, `siem`, `store`). The `engine` never imports the layers above it.
+
+pub mod catalog;
+// pub mod cli; (enabled once the engine modules land)
+pub mod engine;
