@@ -4,5 +4,5 @@
 //! `knowledge`, `scan`, `siem`, `store`). The `engine` never imports the layers above it.
 
 pub mod catalog;
-// pub mod cli; (enabled once the engine modules land)
+pub mod cli;
 pub mod engine;

@@ -71,7 +71,9 @@ pub enum CatalogError {
         reason: String,
     },
     /// Content does not have the sha256 (or size) that the catalog or registry pins.
-    #[error("{what} does not match its pinned hash: expected sha256 {expected} ({expected_size} B), got {actual} ({actual_size} B)")]
+    #[error(
+        "{what} does not match its pinned hash: expected sha256 {expected} ({expected_size} B), got {actual} ({actual_size} B)"
+    )]
     HashMismatch {
         /// What was checked (an entry name, a package archive, an imported file).
         what: String,

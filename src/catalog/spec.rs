@@ -161,7 +161,8 @@ impl Catalog {
 
     /// Checks every entry is complete and consistent.
     pub fn validate(&self) -> Result<()> {
-        let invalid = |name: &str, why: String| CatalogError::Invalid(format!("entry `{name}`: {why}"));
+        let invalid =
+            |name: &str, why: String| CatalogError::Invalid(format!("entry `{name}`: {why}"));
         if self.entries.is_empty() {
             return Err(CatalogError::Invalid("no entries".into()));
         }
@@ -184,10 +185,16 @@ impl Catalog {
                 return Err(invalid(&e.name, "`size` is 0".into()));
             }
             if !is_sha256(&e.sha256) {
-                return Err(invalid(&e.name, "`sha256` is not 64 lowercase hex digits".into()));
+                return Err(invalid(
+                    &e.name,
+                    "`sha256` is not 64 lowercase hex digits".into(),
+                ));
             }
             if e.default && e.kind != Kind::Chat {
-                return Err(invalid(&e.name, "only a chat model can be the default".into()));
+                return Err(invalid(
+                    &e.name,
+                    "only a chat model can be the default".into(),
+                ));
             }
             if e.sources.is_empty() {
                 return Err(invalid(&e.name, "no sources".into()));
@@ -211,10 +218,10 @@ fn validate_source(entry: &Entry, s: &Source) -> std::result::Result<(), String>
         Some((n, v)) if !n.is_empty() && !v.is_empty() && !v.contains('=') => {}
         _ => return Err(format!("package `{ctx}` is not of the form name==version")),
     }
-    if let Some(h) = &s.sha256 {
-        if !is_sha256(h) {
-            return Err(format!("{ctx}: `sha256` is not 64 lowercase hex digits"));
-        }
+    if let Some(h) = &s.sha256
+        && !is_sha256(h)
+    {
+        return Err(format!("{ctx}: `sha256` is not 64 lowercase hex digits"));
     }
     if s.members.is_empty() {
         return Err(format!("{ctx}: no members"));
@@ -222,7 +229,9 @@ fn validate_source(entry: &Entry, s: &Source) -> std::result::Result<(), String>
     for m in &s.members {
         safe_relative(m).map_err(|why| format!("{ctx}: member `{m}` {why}"))?;
         if entry.layout() == Layout::GgufFile && (m.contains('*') || m.contains('?')) {
-            return Err(format!("{ctx}: patterns are only allowed in directory entries"));
+            return Err(format!(
+                "{ctx}: patterns are only allowed in directory entries"
+            ));
         }
     }
     if entry.layout() == Layout::GgufFile && s.sdist {
@@ -254,7 +263,10 @@ pub(crate) fn safe_relative(path: &str) -> std::result::Result<(), &'static str>
     if path.is_empty() || path.starts_with('/') || path.contains('\\') {
         return Err("must be a non-empty relative path");
     }
-    if path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return Err("must not contain empty, `.` or `..` components");
     }
     Ok(())
@@ -262,5 +274,7 @@ pub(crate) fn safe_relative(path: &str) -> std::result::Result<(), &'static str>
 
 /// Whether `s` is a lowercase hex sha256.
 pub(crate) fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

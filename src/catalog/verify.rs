@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::{CatalogError, Result};
+use super::temp::TempPath;
 
 /// A writer that hashes and counts what passes through it.
 pub(crate) struct HashingWriter<W> {
@@ -145,7 +146,7 @@ pub(crate) struct FileState {
     /// Bytes.
     pub size: u64,
     /// Modification time, nanoseconds since the Unix epoch.
-    pub mtime_ns: u128,
+    pub mtime_ns: u64,
 }
 
 /// Proof that content with `sha256` was hashed while its files had these sizes and mtimes.
@@ -164,7 +165,7 @@ pub(crate) fn file_state(path: &Path, rel: &str) -> Result<FileState> {
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     Ok(FileState {
         path: rel.to_owned(),
         size: meta.len(),
@@ -244,7 +245,13 @@ impl Target {
         };
         let path = self.stamp_path();
         let text = serde_json::to_string(&stamp).unwrap_or_default();
-        std::fs::write(&path, text).map_err(CatalogError::io("cannot write", &path))
+        // Written aside and renamed, so a concurrent reader never sees half a stamp.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut tmp = TempPath::new(dir, ".verified");
+        std::fs::write(tmp.path(), text).map_err(CatalogError::io("cannot write", tmp.path()))?;
+        std::fs::rename(tmp.path(), &path).map_err(CatalogError::io("cannot rename to", &path))?;
+        tmp.keep = true;
+        Ok(())
     }
 
     /// Verified if the stamp is current; otherwise hashes, compares with `expected`, and

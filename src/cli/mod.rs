@@ -2,6 +2,7 @@
 //! work lives in its own module.
 
 mod infer;
+mod models;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,25 @@ pub enum Command {
     Chat(ChatArgs),
     /// Show how a model tokenizes a text.
     Tokenize(TokenizeArgs),
+    /// Fetch a catalog model or data set (or `hf:OWNER/REPO/FILE.gguf`), verifying its sha256.
+    Pull {
+        /// Catalog name or `hf:` reference.
+        name: String,
+    },
+    /// Register a .gguf file copied in by hand (air-gapped installs).
+    Import {
+        /// The .gguf file.
+        path: PathBuf,
+        /// Name to register it under (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List known models and data, with their verification state.
+    Models {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Which model to use.
@@ -121,6 +141,9 @@ pub fn main() -> ExitCode {
         Command::Generate(a) => infer::generate(a),
         Command::Chat(a) => infer::chat(a),
         Command::Tokenize(a) => infer::tokenize(a),
+        Command::Pull { name } => models::cmd_pull(&name),
+        Command::Import { path, name } => models::cmd_import(&path, name.as_deref()),
+        Command::Models { json } => models::cmd_models(json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

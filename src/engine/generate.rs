@@ -176,6 +176,7 @@ impl Sequence {
         self.tokens.push(token);
         self.generated += 1;
         let mut text = String::new();
+        let mut stop_string = false;
         if !self.req.ignore_eos && tok.is_eog(token) {
             self.finish = Some(FinishReason::Stop);
         } else {
@@ -185,6 +186,7 @@ impl Sequence {
                 StopResult::Continue(t) => text = t,
                 StopResult::Stop(t) => {
                     text = t;
+                    stop_string = true;
                     self.finish = Some(FinishReason::Stop);
                 }
             }
@@ -192,13 +194,15 @@ impl Sequence {
         if self.finish.is_none() && self.generated >= self.req.max_tokens {
             self.finish = Some(FinishReason::Length);
         }
-        if self.finish == Some(FinishReason::Length) || (self.finish.is_some() && text.is_empty()) {
+        // Flush what was held back, unless a stop string cut the text.
+        if self.finish.is_some() && !stop_string {
             let tail = self.utf8.finish();
-            if let StopResult::Continue(t) | StopResult::Stop(t) = self.stop.push(&tail) {
-                text.push_str(&t);
-            }
-            if self.finish == Some(FinishReason::Length) {
-                text.push_str(&self.stop.finish());
+            match self.stop.push(&tail) {
+                StopResult::Continue(t) => {
+                    text.push_str(&t);
+                    text.push_str(&self.stop.finish());
+                }
+                StopResult::Stop(t) => text.push_str(&t),
             }
         }
         StepEvent {

@@ -8,6 +8,6 @@ pub mod model;
 pub mod sampler;
 pub mod template;
 pub mod tokenizer;
-// pub mod generate; (enabled once tokenizer lands)
+pub mod generate;
 pub mod stream;
-// pub mod loaded; (enabled once tokenizer and template land)
+pub mod loaded;

@@ -104,22 +104,34 @@ pub struct BlockQ6K {
     pub d: [u8; 2],
 }
 
-/// Activations quantized for the 32-wide formats: `x ≈ d * qs`, and `s = d * Σ qs`.
-#[repr(C)]
+/// Activations for the 32-wide formats, two blocks (64 values) at a time, laid out for the
+/// SIMD kernels: `x[i] = d[i / 32 * 8] * (u[i] as i8 ^ 0x80)`, i.e. `u` holds `q + 128` so that
+/// it can be the unsigned operand of `vpdpbusd`; `d` and `s = d * Σ q` are repeated 8 times per
+/// block so that a kernel loads them as one vector. A missing second block is all zero.
+#[repr(C, align(64))]
 #[derive(Clone, Copy)]
-pub struct BlockQ8 {
-    pub d: f32,
-    pub s: f32,
-    pub qs: [i8; 32],
+pub struct BlockQ8x2 {
+    pub u: [u8; 64],
+    pub d: [f32; 16],
+    pub s: [f32; 16],
 }
 
-/// Activations quantized for the K-quants: `x ≈ d * qs`, `bsums[g] = Σ qs[16g..16g+16]`.
-#[repr(C)]
+impl BlockQ8x2 {
+    /// The signed value `i` of block `half` (0 or 1).
+    #[inline(always)]
+    pub fn q(&self, half: usize, i: usize) -> i8 {
+        (self.u[32 * half + i] ^ 0x80) as i8
+    }
+}
+
+/// Activations for the K-quants: `x ≈ d * qs`, `bsums[g] = Σ qs[16g..16g+16]`.
+#[repr(C, align(64))]
 #[derive(Clone, Copy)]
 pub struct BlockQ8K {
-    pub d: f32,
     pub qs: [i8; 256],
     pub bsums: [i16; 16],
+    pub d: f32,
+    pub pad: [u8; 28],
 }
 
 /// Plain-old-data blocks that can be viewed from raw bytes.
@@ -149,9 +161,9 @@ unsafe impl Pod for BlockQ4K {}
 unsafe impl Pod for BlockQ5K {}
 // SAFETY: as above.
 unsafe impl Pod for BlockQ6K {}
-// SAFETY: 4 + 4 + 32 bytes, alignment 4, no padding.
-unsafe impl Pod for BlockQ8 {}
-// SAFETY: 4 + 256 + 32 bytes, alignment 4, no padding.
+// SAFETY: 64 + 64 + 64 bytes, alignment 64, no padding.
+unsafe impl Pod for BlockQ8x2 {}
+// SAFETY: 256 + 32 + 4 + 28 bytes, alignment 64, no implicit padding.
 unsafe impl Pod for BlockQ8K {}
 
 /// Views `bytes` as blocks. Panics if the length is not a whole number of blocks or the
@@ -176,18 +188,12 @@ pub fn cast_mut<T: Pod>(bytes: &mut [u8]) -> &mut [T] {
 }
 
 /// Views blocks as bytes.
+#[cfg(test)]
 #[inline(always)]
 pub fn as_bytes<T: Pod>(blocks: &[T]) -> &[u8] {
     // SAFETY: `T: Pod` has no padding, so every byte is initialised.
-    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks)) }
-}
-
-/// Views blocks as mutable bytes.
-#[inline(always)]
-pub fn as_bytes_mut<T: Pod>(blocks: &mut [T]) -> &mut [u8] {
-    // SAFETY: `T: Pod` has no padding and accepts every bit pattern written through the bytes.
     unsafe {
-        std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
+        std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
     }
 }
 
@@ -236,7 +242,7 @@ mod tests {
         assert_eq!(size_of::<BlockQ4K>(), 144);
         assert_eq!(size_of::<BlockQ5K>(), 176);
         assert_eq!(size_of::<BlockQ6K>(), 210);
-        assert_eq!(size_of::<BlockQ8>(), 40);
-        assert_eq!(size_of::<BlockQ8K>(), 292);
+        assert_eq!(size_of::<BlockQ8x2>(), 192);
+        assert_eq!(size_of::<BlockQ8K>(), 320);
     }
 }

@@ -6,6 +6,33 @@
 use super::blocks::*;
 use super::dequant::{q2k_values, q3k_values, q4k_values, q5_values, q5k_values, q6k_values};
 
+/// Runs a one-token dot product `f` for each of `out.len()` tokens.
+#[inline(always)]
+pub fn each(f: fn(&[u8], &[u8]) -> f32, w: &[u8], a: &[u8], arow: usize, out: &mut [f32]) {
+    for (t, o) in out.iter_mut().enumerate() {
+        *o = f(w, &a[t * arow..(t + 1) * arow]);
+    }
+}
+
+/// One 32-value activation block, unpacked from a [`BlockQ8x2`].
+struct X {
+    qs: [i8; 32],
+    d: f32,
+    s: f32,
+}
+
+/// The blocks of a [`BlockQ8x2`] row in order (a padding block at the end reads as zero).
+#[inline(always)]
+fn q8_blocks(a: &[u8]) -> impl Iterator<Item = X> + '_ {
+    cast::<BlockQ8x2>(a).iter().flat_map(|p| {
+        (0..2).map(move |h| X {
+            qs: std::array::from_fn(|i| p.q(h, i)),
+            d: p.d[8 * h],
+            s: p.s[8 * h],
+        })
+    })
+}
+
 #[inline(always)]
 fn idot(w: impl IntoIterator<Item = i32>, a: &[i8]) -> i32 {
     w.into_iter().zip(a).map(|(w, &a)| w * a as i32).sum()
@@ -23,7 +50,10 @@ pub fn f32_f32(w: &[u8], a: &[u8]) -> f32 {
 /// `f16` weights · `f32` activations.
 pub fn f16_f32(w: &[u8], a: &[u8]) -> f32 {
     let a: &[f32] = cast_f32(a);
-    w.chunks_exact(2).zip(a).map(|(b, &x)| f16_le([b[0], b[1]]) * x).sum()
+    w.chunks_exact(2)
+        .zip(a)
+        .map(|(b, &x)| f16_le([b[0], b[1]]) * x)
+        .sum()
 }
 
 /// `bf16` weights · `f32` activations.
@@ -43,7 +73,7 @@ pub fn cast_f32(a: &[u8]) -> &[f32] {
 }
 
 pub fn q4_0(w: &[u8], a: &[u8]) -> f32 {
-    let (w, a) = (cast::<BlockQ4_0>(w), cast::<BlockQ8>(a));
+    let (w, a) = (cast::<BlockQ4_0>(w), q8_blocks(a));
     let mut acc = 0f32;
     for (b, x) in w.iter().zip(a) {
         let lo = b.qs.iter().map(|&q| (q & 0xF) as i32 - 8);
@@ -55,7 +85,7 @@ pub fn q4_0(w: &[u8], a: &[u8]) -> f32 {
 }
 
 pub fn q4_1(w: &[u8], a: &[u8]) -> f32 {
-    let (w, a) = (cast::<BlockQ4_1>(w), cast::<BlockQ8>(a));
+    let (w, a) = (cast::<BlockQ4_1>(w), q8_blocks(a));
     let mut acc = 0f32;
     for (b, x) in w.iter().zip(a) {
         let lo = b.qs.iter().map(|&q| (q & 0xF) as i32);
@@ -67,7 +97,7 @@ pub fn q4_1(w: &[u8], a: &[u8]) -> f32 {
 }
 
 pub fn q5_0(w: &[u8], a: &[u8]) -> f32 {
-    let (w, a) = (cast::<BlockQ5_0>(w), cast::<BlockQ8>(a));
+    let (w, a) = (cast::<BlockQ5_0>(w), q8_blocks(a));
     let mut acc = 0f32;
     for (b, x) in w.iter().zip(a) {
         let v = q5_values(b.qh, &b.qs);
@@ -78,7 +108,7 @@ pub fn q5_0(w: &[u8], a: &[u8]) -> f32 {
 }
 
 pub fn q5_1(w: &[u8], a: &[u8]) -> f32 {
-    let (w, a) = (cast::<BlockQ5_1>(w), cast::<BlockQ8>(a));
+    let (w, a) = (cast::<BlockQ5_1>(w), q8_blocks(a));
     let mut acc = 0f32;
     for (b, x) in w.iter().zip(a) {
         let v = q5_values(b.qh, &b.qs);
@@ -89,7 +119,7 @@ pub fn q5_1(w: &[u8], a: &[u8]) -> f32 {
 }
 
 pub fn q8_0(w: &[u8], a: &[u8]) -> f32 {
-    let (w, a) = (cast::<BlockQ8_0>(w), cast::<BlockQ8>(a));
+    let (w, a) = (cast::<BlockQ8_0>(w), q8_blocks(a));
     let mut acc = 0f32;
     for (b, x) in w.iter().zip(a) {
         let s = idot(b.qs.iter().map(|&q| q as i32), &x.qs);
@@ -122,9 +152,9 @@ pub fn q3k(w: &[u8], a: &[u8]) -> f32 {
         let v = q3k_values(&b.hmask, &b.qs);
         let sc = k3_scales(&b.scales);
         let mut sum = 0i32;
-        for g in 0..16 {
+        for (g, &sc) in sc.iter().enumerate() {
             let r = 16 * g..16 * g + 16;
-            sum += sc[g] as i32 * idot(v[r.clone()].iter().map(|&q| q as i32), &x.qs[r]);
+            sum += sc as i32 * idot(v[r.clone()].iter().map(|&q| q as i32), &x.qs[r]);
         }
         acc += x.d * f16_le(b.d) * sum as f32;
     }
@@ -148,7 +178,15 @@ pub fn q4k(w: &[u8], a: &[u8]) -> f32 {
     let (w, a) = (cast::<BlockQ4K>(w), cast::<BlockQ8K>(a));
     w.iter()
         .zip(a)
-        .map(|(b, x)| k4_block(&q4k_values(&b.qs), &b.scales, f16_le(b.d), f16_le(b.dmin), x))
+        .map(|(b, x)| {
+            k4_block(
+                &q4k_values(&b.qs),
+                &b.scales,
+                f16_le(b.d),
+                f16_le(b.dmin),
+                x,
+            )
+        })
         .sum()
 }
 

@@ -11,7 +11,7 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512 F/BW/VL with VNNI, plus everything `Avx2` needs.
+    /// AVX-512 F/BW/VL/DQ with VNNI and VBMI (Ice Lake, Zen 4 and later), plus `Avx2`.
     Avx512,
 }
 
@@ -37,7 +37,13 @@ pub fn available() -> Vec<Isa> {
         use std::arch::is_x86_feature_detected as has;
         if has!("avx2") && has!("fma") && has!("f16c") {
             v.push(Isa::Avx2);
-            if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
+            if has!("avx512f")
+                && has!("avx512bw")
+                && has!("avx512vl")
+                && has!("avx512dq")
+                && has!("avx512vnni")
+                && has!("avx512vbmi")
+            {
                 v.push(Isa::Avx512);
             }
         }
@@ -50,7 +56,7 @@ pub fn available() -> Vec<Isa> {
 pub enum Act {
     /// Plain `f32`.
     F32,
-    /// [`super::blocks::BlockQ8`], 32 per block.
+    /// [`super::blocks::BlockQ8x2`], 64 per pair of blocks.
     Q8,
     /// [`super::blocks::BlockQ8K`], 256 per block.
     Q8K,
@@ -59,20 +65,24 @@ pub enum Act {
 impl Act {
     /// Bytes of one activation row of `cols` elements.
     pub fn row_bytes(self, cols: usize) -> usize {
-        use super::blocks::{BlockQ8, BlockQ8K, QK, QK_K};
+        use super::blocks::{BlockQ8K, BlockQ8x2, QK, QK_K};
         match self {
             Act::F32 => cols * 4,
-            Act::Q8 => cols / QK * std::mem::size_of::<BlockQ8>(),
+            Act::Q8 => cols.div_ceil(2 * QK) * std::mem::size_of::<BlockQ8x2>(),
             Act::Q8K => cols / QK_K * std::mem::size_of::<BlockQ8K>(),
         }
     }
 }
 
-/// One weight row (bytes) · one activation row (bytes, in the matching [`Act`] format).
+/// Most tokens one [`DotFn`] call handles.
+pub const MAX_TOKENS: usize = 4;
+
+/// One weight row (bytes) · `out.len()` (1 to [`MAX_TOKENS`]) activation rows: `a` holds the
+/// rows in the matching [`Act`] format, `arow` bytes apart; `out[t] = w · a[t]`.
 ///
 /// `unsafe` because SIMD entries require their CPU features: only call an entry obtained
 /// from [`kernel`] with an [`Isa`] listed by [`available`].
-pub type DotFn = unsafe fn(w: &[u8], a: &[u8]) -> f32;
+pub type DotFn = unsafe fn(w: &[u8], a: &[u8], arow: usize, out: &mut [f32]);
 
 /// The activation format for `dtype`.
 pub fn act(dtype: GgmlDType) -> Act {
@@ -95,19 +105,19 @@ pub fn kernel(dtype: GgmlDType, isa: Isa) -> DotFn {
     let _ = isa;
     use GgmlDType::*;
     match dtype {
-        F32 => sc::f32_f32,
-        F16 => sc::f16_f32,
-        BF16 => sc::bf16_f32,
-        Q4_0 => sc::q4_0,
-        Q4_1 => sc::q4_1,
-        Q5_0 => sc::q5_0,
-        Q5_1 => sc::q5_1,
-        Q8_0 => sc::q8_0,
-        Q2K => sc::q2k,
-        Q3K => sc::q3k,
-        Q4K => sc::q4k,
-        Q5K => sc::q5k,
-        Q6K => sc::q6k,
+        F32 => |w, a, r, o| sc::each(sc::f32_f32, w, a, r, o),
+        F16 => |w, a, r, o| sc::each(sc::f16_f32, w, a, r, o),
+        BF16 => |w, a, r, o| sc::each(sc::bf16_f32, w, a, r, o),
+        Q4_0 => |w, a, r, o| sc::each(sc::q4_0, w, a, r, o),
+        Q4_1 => |w, a, r, o| sc::each(sc::q4_1, w, a, r, o),
+        Q5_0 => |w, a, r, o| sc::each(sc::q5_0, w, a, r, o),
+        Q5_1 => |w, a, r, o| sc::each(sc::q5_1, w, a, r, o),
+        Q8_0 => |w, a, r, o| sc::each(sc::q8_0, w, a, r, o),
+        Q2K => |w, a, r, o| sc::each(sc::q2k, w, a, r, o),
+        Q3K => |w, a, r, o| sc::each(sc::q3k, w, a, r, o),
+        Q4K => |w, a, r, o| sc::each(sc::q4k, w, a, r, o),
+        Q5K => |w, a, r, o| sc::each(sc::q5k, w, a, r, o),
+        Q6K => |w, a, r, o| sc::each(sc::q6k, w, a, r, o),
         Q8_1 | Q8K => unreachable!("rejected by QMatrix::new"),
     }
 }

@@ -23,7 +23,7 @@ pub use candle_core::quantized::GgmlDType;
 pub use isa::Isa;
 pub use pool::{set_threads, threads};
 
-use blocks::{BlockQ8, BlockQ8K, as_bytes_mut};
+use blocks::{BlockQ8K, BlockQ8x2};
 use isa::Act;
 use std::cell::RefCell;
 
@@ -42,11 +42,15 @@ impl<'a> QMatrix<'a> {
     /// exactly `rows` rows.
     pub fn new(dtype: GgmlDType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, String> {
         if matches!(dtype, GgmlDType::Q8_1 | GgmlDType::Q8K) {
-            return Err(format!("weight type {dtype:?} is not supported by the CPU kernels"));
+            return Err(format!(
+                "weight type {dtype:?} is not supported by the CPU kernels"
+            ));
         }
         let block = dtype.block_size();
         if cols == 0 || !cols.is_multiple_of(block) {
-            return Err(format!("{dtype:?} row width {cols} is not a positive multiple of {block}"));
+            return Err(format!(
+                "{dtype:?} row width {cols} is not a positive multiple of {block}"
+            ));
         }
         let expected = rows * (cols / block) * dtype.type_size();
         if data.len() != expected {
@@ -55,7 +59,12 @@ impl<'a> QMatrix<'a> {
                 data.len()
             ));
         }
-        Ok(Self { dtype, rows, cols, data })
+        Ok(Self {
+            dtype,
+            rows,
+            cols,
+            data,
+        })
     }
 
     /// Bytes per row.
@@ -128,7 +137,7 @@ fn quantize_rows(act: Act, x: &[f32], cols: usize, out: &mut [u8]) {
     let one = |t: usize, o: &mut [u8]| {
         let xs = &x[t * cols..(t + 1) * cols];
         match act {
-            Act::Q8 => quant::quantize_q8(xs, blocks::cast_mut::<BlockQ8>(o)),
+            Act::Q8 => quant::quantize_q8(xs, blocks::cast_mut::<BlockQ8x2>(o)),
             Act::Q8K => quant::quantize_q8k(xs, blocks::cast_mut::<BlockQ8K>(o)),
             Act::F32 => unreachable!(),
         }
@@ -171,14 +180,7 @@ fn decode_tile_rows(rows: usize, threads: usize) -> usize {
 }
 
 /// Splits the `rows × n` output into tiles and runs them on the pool.
-fn run_tiles(
-    w: &QMatrix,
-    act: &[u8],
-    arow: usize,
-    n: usize,
-    out: &mut [f32],
-    dot: isa::DotFn,
-) {
+fn run_tiles(w: &QMatrix, act: &[u8], arow: usize, n: usize, out: &mut [f32], dot: isa::DotFn) {
     let rows = w.rows;
     let (tr, tt) = if n == 1 {
         (decode_tile_rows(rows, pool::threads()), 1)
@@ -194,17 +196,27 @@ fn run_tiles(
             let (ri, ti) = (c / nt, c % nt);
             let r_end = ((ri + 1) * tr).min(rows);
             let t_end = ((ti + 1) * tt).min(n);
-            for t in ti * tt..t_end {
-                let a = &act[t * arow..(t + 1) * arow];
+            let mut t0 = ti * tt;
+            while t0 < t_end {
+                let k = (t_end - t0).min(isa::MAX_TOKENS);
+                let a = &act[t0 * arow..(t0 + k) * arow];
                 for r in ri * tr..r_end {
+                    let mut v = [0f32; isa::MAX_TOKENS];
                     // SAFETY: `dot` came from `isa::kernel` for an ISA this CPU supports.
-                    let v = unsafe { dot(wq.row(r), a) };
-                    // SAFETY: each (t, r) belongs to exactly one tile, claimed once; the index
-                    // is below `n * rows == out.len()`.
-                    unsafe { optr.get().add(t * rows + r).write(v) };
+                    unsafe { dot(wq.row(r), a, arow, &mut v[..k]) };
+                    for (j, &v) in v[..k].iter().enumerate() {
+                        // SAFETY: each (t, r) belongs to exactly one tile, claimed once; the
+                        // index is below `n * rows == out.len()`.
+                        unsafe { optr.get().add((t0 + j) * rows + r).write(v) };
+                    }
                 }
+                t0 += k;
             }
         }
     };
-    if nr * nt == 1 { task(0) } else { pool::run(&task) }
+    if nr * nt == 1 {
+        task(0)
+    } else {
+        pool::run(&task)
+    }
 }

@@ -46,10 +46,7 @@ fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
             }
         }
     }
-    let mut s = 0f32;
-    for i in 0..L {
-        s += acc[0][i] + acc[1][i];
-    }
+    let s: f32 = acc[0].iter().zip(&acc[1]).map(|(a, b)| a + b).sum();
     s + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
 
@@ -76,7 +73,10 @@ fn sum_sq(x: &[f32]) -> f32 {
 
 #[inline(always)]
 fn rms_norm_impl(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    assert!(x.len() == w.len() && x.len() == out.len(), "rms_norm: lengths");
+    assert!(
+        x.len() == w.len() && x.len() == out.len(),
+        "rms_norm: lengths"
+    );
     let scale = 1.0 / (sum_sq(x) / x.len() as f32 + eps).sqrt();
     for ((o, &x), &w) in out.iter_mut().zip(x).zip(w) {
         *o = x * scale * w;
@@ -119,7 +119,9 @@ fn silu_impl(x: &mut [f32]) {
 #[inline(always)]
 fn silu_mul_impl(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "silu_mul: lengths");
-    gate.iter_mut().zip(up).for_each(|(g, u)| *g = silu_one(*g) * u);
+    gate.iter_mut()
+        .zip(up)
+        .for_each(|(g, u)| *g = silu_one(*g) * u);
 }
 
 #[inline(always)]
@@ -130,7 +132,9 @@ fn gelu_impl(x: &mut [f32]) {
 #[inline(always)]
 fn gelu_mul_impl(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "gelu_tanh_mul: lengths");
-    gate.iter_mut().zip(up).for_each(|(g, u)| *g = gelu_one(*g) * u);
+    gate.iter_mut()
+        .zip(up)
+        .for_each(|(g, u)| *g = gelu_one(*g) * u);
 }
 
 #[inline(always)]
@@ -215,7 +219,8 @@ pub fn f16_to_f32(bytes: &[u8], out: &mut [f32]) {
     assert_eq!(bytes.len(), out.len() * 2, "f16_to_f32: lengths");
     if (bytes.as_ptr() as usize).is_multiple_of(2) {
         // SAFETY: aligned for u16 (checked) and exactly `out.len()` halves long.
-        let h = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<half::f16>(), out.len()) };
+        let h =
+            unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<half::f16>(), out.len()) };
         h.convert_to_f32_slice(out);
     } else {
         for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
@@ -234,5 +239,86 @@ pub fn bf16_to_f32(bytes: &[u8], out: &mut [f32]) {
     assert_eq!(bytes.len(), out.len() * 2, "bf16_to_f32: lengths");
     for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
         *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2000) as f32 / 250.0 - 4.0)
+            .collect()
+    }
+
+    fn close(a: f32, b: f64, rel: f64) {
+        assert!((a as f64 - b).abs() <= rel * b.abs().max(1.0), "{a} vs {b}");
+    }
+
+    #[test]
+    fn exp_matches_std() {
+        for i in -8700..8800 {
+            let x = i as f32 / 100.0;
+            let (got, want) = (exp_approx(x) as f64, (x as f64).exp());
+            assert!((got - want).abs() <= 4e-7 * want, "exp({x}): {got} vs {want}");
+        }
+        assert_eq!(exp_approx(-1000.0), exp_approx(-87.3));
+        assert!(exp_approx(1000.0).is_finite());
+    }
+
+    #[test]
+    fn elementwise_ops_match_reference() {
+        for n in [1, 15, 16, 33, 640, 4864] {
+            let (a, b) = (data(n, 1), data(n, 7));
+            let dot: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+            let mag: f64 = a.iter().zip(&b).map(|(&x, &y)| (x as f64 * y as f64).abs()).sum();
+            assert!((dot_f32(&a, &b) as f64 - dot).abs() <= 1e-6 * mag + 1e-6);
+
+            let mut y = b.clone();
+            axpy(0.5, &a, &mut y);
+            y.iter().zip(&a).zip(&b).for_each(|((&y, &a), &b)| close(y, b as f64 + 0.5 * a as f64, 1e-6));
+
+            let mut out = vec![0f32; n];
+            rms_norm(&a, &b, 1e-6, &mut out);
+            let ms = a.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64;
+            let s = 1.0 / (ms + 1e-6).sqrt();
+            out.iter().zip(&a).zip(&b).for_each(|((&o, &a), &w)| close(o, a as f64 * s * w as f64, 1e-5));
+
+            let mut g = a.clone();
+            silu_mul(&mut g, &b);
+            let silu = |x: f64| x / (1.0 + (-x).exp());
+            g.iter().zip(&a).zip(&b).for_each(|((&g, &a), &u)| close(g, silu(a as f64) * u as f64, 1e-5));
+
+            let mut g = a.clone();
+            gelu_tanh_mul(&mut g, &b);
+            let gelu = |x: f64| 0.5 * x * (1.0 + (0.797_884_560_8 * (x + 0.044715 * x * x * x)).tanh());
+            g.iter().zip(&a).zip(&b).for_each(|((&g, &a), &u)| close(g, gelu(a as f64) * u as f64, 1e-5));
+
+            let mut p = a.clone();
+            softmax_inplace(&mut p);
+            let max = a.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+            let z: f64 = a.iter().map(|&v| (v as f64 - max).exp()).sum();
+            p.iter().zip(&a).for_each(|(&p, &a)| close(p, (a as f64 - max).exp() / z, 1e-5));
+        }
+        let mut inf = vec![f32::NEG_INFINITY; 4];
+        softmax_inplace(&mut inf);
+        assert!(inf.iter().all(|v| *v == f32::NEG_INFINITY));
+    }
+
+    #[test]
+    fn half_conversions_round_trip() {
+        let x = data(37, 3);
+        let mut h = vec![half::f16::ZERO; 37];
+        f32_to_f16(&x, &mut h);
+        let bytes: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut back = vec![0f32; 37];
+        f16_to_f32(&bytes, &mut back);
+        back.iter().zip(&x).for_each(|(&b, &x)| close(b, x as f64, 1e-3));
+        f16_to_f32(&[0u8].iter().chain(&bytes).copied().collect::<Vec<_>>()[1..], &mut back);
+        back.iter().zip(&x).for_each(|(&b, &x)| close(b, x as f64, 1e-3));
+        let bf: Vec<u8> = x.iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect();
+        bf16_to_f32(&bf, &mut back);
+        back.iter().zip(&x).for_each(|(&b, &x)| close(b, x as f64, 1e-2));
     }
 }

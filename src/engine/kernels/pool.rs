@@ -2,9 +2,10 @@
 //!
 //! Each decode step issues a few hundred matmuls of 10-100 µs, so a call must cost about a
 //! microsecond of synchronisation: workers spin on a generation counter for a while after each
-//! job and only then park on a condvar. The calling thread takes part in every job as worker 0.
-//! A caller that finds the pool busy (another thread's job, or a nested call) runs its job
-//! inline instead of waiting.
+//! job and only then park on a condvar. The calling thread takes part in every job as worker 0
+//! and never waits for a worker that has not started: work is split into chunks claimed from a
+//! shared counter, and slots still open when the caller is done are closed. A caller that finds
+//! the pool busy (another thread's job, or a nested call) runs its job alone.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
@@ -40,22 +41,27 @@ pub fn threads() -> usize {
 
 type Job = dyn Fn(usize) + Sync;
 
+/// `Shared::slots` bit layout: open slots in the high half, running workers in the low half.
+const OPEN: u64 = 1 << 32;
+const RUNNING: u64 = OPEN - 1;
+
 struct Shared {
-    /// `generation << 16 | threads`: bumped (under `Pool::lock`) to publish a job that
-    /// `threads` threads take part in, the caller included.
-    state: AtomicU64,
-    /// The current job; written only while no worker is reading it.
+    /// Bumped (under `Pool::lock`) to publish a new job; workers spin or sleep on it.
+    generation: AtomicU64,
+    /// The current job; written only while no worker can reach it (no open slot, none running).
     job: UnsafeCell<Option<*const Job>>,
-    /// Workers still running the current job.
-    pending: AtomicUsize,
+    /// `open << 32 | running`: a worker takes part by turning an open slot into a running one;
+    /// the caller closes the slots when it has finished, so a worker that wakes late skips the
+    /// job instead of making the caller wait for it.
+    slots: AtomicU64,
     panicked: AtomicBool,
     sleepers: AtomicUsize,
     sleep_lock: Mutex<()>,
     wake: Condvar,
 }
 
-// SAFETY: `job` is written only by the thread holding `Pool::lock` while `pending == 0`,
-// and read by workers only between the generation bump and their `pending` decrement.
+// SAFETY: `job` is written only by the thread holding `Pool::lock` while `slots == 0`, and
+// read by a worker only while it holds a running slot, which the caller waits for.
 unsafe impl Sync for Shared {}
 // SAFETY: the raw job pointer is only dereferenced under the protocol above.
 unsafe impl Send for Shared {}
@@ -70,9 +76,9 @@ fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| Pool {
         shared: Arc::new(Shared {
-            state: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             job: UnsafeCell::new(None),
-            pending: AtomicUsize::new(0),
+            slots: AtomicU64::new(0),
             panicked: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
             sleep_lock: Mutex::new(()),
@@ -82,9 +88,10 @@ fn pool() -> &'static Pool {
     })
 }
 
-/// Runs `f(i)` for `i` in `0..threads()` on distinct threads (the caller runs `f(0)`), and
-/// returns when all have finished. Falls back to calling them one after the other on this
-/// thread when the pool is busy.
+/// Runs `f(i)` for participants `i` in `0..threads()`, the caller running `f(0)`, and returns
+/// when all that started have finished. A worker that is not running yet when the caller is
+/// done gets skipped, so `f` must not rely on every index being called: split the work with
+/// [`Chunks`]. Falls back to running `f(0)` alone when the pool is busy.
 pub fn run(f: &(dyn Fn(usize) + Sync)) {
     let n = threads();
     if n == 1 {
@@ -94,88 +101,87 @@ pub fn run(f: &(dyn Fn(usize) + Sync)) {
     let mut spawned = match pool.lock.try_lock() {
         Ok(g) => g,
         Err(TryLockError::Poisoned(e)) => e.into_inner(),
-        Err(TryLockError::WouldBlock) => return (0..n).for_each(f),
+        Err(TryLockError::WouldBlock) => return f(0),
     };
     while *spawned < n - 1 {
         let shared = pool.shared.clone();
-        let index = *spawned + 1;
-        std::thread::Builder::new()
-            .name(format!("ward-kernel-{index}"))
-            .spawn(move || worker(&shared, index))
-            .expect("spawn kernel worker");
         *spawned += 1;
+        let seen = shared.generation.load(SeqCst);
+        std::thread::Builder::new()
+            .name(format!("ward-kernel-{}", *spawned))
+            .spawn(move || worker(&shared, seen))
+            .expect("spawn kernel worker");
     }
     let s = &*pool.shared;
-    // SAFETY: we hold `pool.lock` and the previous job finished (`pending == 0`), so no
-    // worker reads `job`. The 'static lifetime is a lie confined to this call: we wait for
-    // every worker (even if `f` panics here, see `Wait`) before returning.
+    // SAFETY: we hold `pool.lock` and the previous job is over (`slots == 0`), so no worker
+    // can read `job`. The 'static lifetime is confined to this call: `Close` closes the slots
+    // and waits for running workers before we return, even if `f` panics.
     unsafe {
         let ptr: *const Job = std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f);
         *s.job.get() = Some(ptr);
     }
-    s.pending.store(n - 1, Relaxed);
-    let generation = (s.state.load(Relaxed) >> 16) + 1;
-    s.state.store(generation << 16 | n as u64, SeqCst);
+    s.slots.store((n as u64 - 1) * OPEN, Release);
+    s.generation.fetch_add(1, SeqCst);
     if s.sleepers.load(SeqCst) > 0 {
         let _g = s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
         s.wake.notify_all();
     }
-    struct Wait<'a>(&'a Shared);
-    impl Drop for Wait<'_> {
+    struct Close<'a>(&'a Shared);
+    impl Drop for Close<'_> {
         fn drop(&mut self) {
-            let mut spins = 0u32;
-            while self.0.pending.load(Acquire) != 0 {
-                spins += 1;
-                if spins < 1 << 16 {
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
+            self.0.slots.fetch_and(RUNNING, AcqRel);
+            while self.0.slots.load(Acquire) != 0 {
+                std::hint::spin_loop();
             }
         }
     }
-    let wait = Wait(s);
+    let close = Close(s);
     f(0);
-    drop(wait);
+    drop(close);
     if s.panicked.swap(false, Relaxed) {
         panic!("a kernel worker thread panicked");
     }
 }
 
-fn worker(s: &Shared, index: usize) {
-    let mut seen = s.state.load(SeqCst);
+fn worker(s: &Shared, mut seen: u64) {
     loop {
-        // Spin, then park, until a new generation is published.
+        // Spin, then sleep, until a new generation is published.
         let start = Instant::now();
         let mut spins = 0u32;
-        let state = loop {
-            let state = s.state.load(Acquire);
-            if state != seen {
-                break state;
+        loop {
+            if s.generation.load(Acquire) != seen {
+                break;
             }
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(256) && start.elapsed() > SPIN {
                 let mut g = s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleepers.fetch_add(1, SeqCst);
-                while s.state.load(SeqCst) == seen {
+                while s.generation.load(SeqCst) == seen {
                     g = s.wake.wait(g).unwrap_or_else(|e| e.into_inner());
                 }
                 s.sleepers.fetch_sub(1, SeqCst);
-                break s.state.load(Acquire);
+                break;
             }
             std::hint::spin_loop();
-        };
-        seen = state;
-        if index < (state & 0xFFFF) as usize {
-            // SAFETY: the job was published before the generation bump we observed and stays
-            // alive until we decrement `pending`.
-            let job = unsafe { (*s.job.get()).expect("job published") };
-            // SAFETY: see above.
-            let job = unsafe { &*job };
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(index))).is_err() {
-                s.panicked.store(true, Relaxed);
+        }
+        seen = s.generation.load(Acquire);
+        // Take an open slot, if any is left.
+        let mut cur = s.slots.load(Acquire);
+        while cur >= OPEN {
+            match s.slots.compare_exchange_weak(cur, cur - OPEN + 1, AcqRel, Acquire) {
+                Ok(_) => {
+                    // SAFETY: the job was stored before the slots were opened (Release /
+                    // Acquire through `slots`) and stays alive while we hold a running slot.
+                    let job = unsafe { &*(*s.job.get()).expect("job published") };
+                    let index = (cur / OPEN) as usize;
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(index))).is_err() {
+                        s.panicked.store(true, Relaxed);
+                    }
+                    s.slots.fetch_sub(1, Release);
+                    break;
+                }
+                Err(now) => cur = now,
             }
-            s.pending.fetch_sub(1, Release);
         }
     }
 }
@@ -188,7 +194,10 @@ pub struct Chunks {
 
 impl Chunks {
     pub fn new(n: usize) -> Self {
-        Self { next: AtomicUsize::new(0), n }
+        Self {
+            next: AtomicUsize::new(0),
+            n,
+        }
     }
 
     /// The next unclaimed chunk, if any.

@@ -4,37 +4,59 @@
 //! exactly: the scale is `amax / 127`, the inverse `127 / amax`, and values round half to even
 //! (what the SIMD conversions do).
 
-use super::blocks::{BlockQ8, BlockQ8K, QK, QK_K};
+use super::blocks::{BlockQ8K, BlockQ8x2, QK, QK_K};
 
-/// Quantizes `x` (a multiple of 32 long) to [`BlockQ8`] blocks.
-pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
+/// Quantizes `x` (a multiple of 32 long) to [`BlockQ8x2`] pairs (`x.len().div_ceil(64)`).
+pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8x2]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::isa::get() >= super::isa::Isa::Avx512 {
+        // SAFETY: AVX-512 F/BW/VL were detected at runtime.
+        return unsafe { super::x86::quant::quantize_q8(x, out) };
+    }
     quantize_q8_scalar(x, out)
 }
 
 /// Quantizes `x` (a multiple of 256 long) to [`BlockQ8K`] blocks.
 pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::isa::get() >= super::isa::Isa::Avx512 {
+        // SAFETY: AVX-512 F/BW/VL were detected at runtime.
+        return unsafe { super::x86::quant::quantize_q8k(x, out) };
+    }
     quantize_q8k_scalar(x, out)
 }
 
 /// The scale and inverse scale for a block whose largest magnitude is `amax`.
 #[inline(always)]
 pub fn scales(amax: f32) -> (f32, f32) {
-    if amax == 0.0 { (0.0, 0.0) } else { (amax / 127.0, 127.0 / amax) }
+    if amax == 0.0 {
+        (0.0, 0.0)
+    } else {
+        (amax / 127.0, 127.0 / amax)
+    }
 }
 
 /// Scalar reference for [`quantize_q8`].
-pub fn quantize_q8_scalar(x: &[f32], out: &mut [BlockQ8]) {
-    assert_eq!(x.len(), out.len() * QK);
-    for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
-        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let (d, id) = scales(amax);
-        let mut sum = 0i32;
-        for (q, &v) in b.qs.iter_mut().zip(xs) {
-            *q = (v * id).round_ties_even() as i8;
-            sum += *q as i32;
+pub fn quantize_q8_scalar(x: &[f32], out: &mut [BlockQ8x2]) {
+    assert!(x.len().is_multiple_of(QK) && out.len() == x.len().div_ceil(2 * QK));
+    for (xs, p) in x.chunks(2 * QK).zip(out.iter_mut()) {
+        *p = BlockQ8x2 {
+            u: [0x80; 64],
+            d: [0.0; 16],
+            s: [0.0; 16],
+        };
+        for (half, xs) in xs.chunks_exact(QK).enumerate() {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let (d, id) = scales(amax);
+            let mut sum = 0i32;
+            for (u, &v) in p.u[32 * half..32 * half + 32].iter_mut().zip(xs) {
+                let q = (v * id).round_ties_even() as i8;
+                sum += q as i32;
+                *u = q as u8 ^ 0x80;
+            }
+            p.d[8 * half..8 * half + 8].fill(d);
+            p.s[8 * half..8 * half + 8].fill(d * sum as f32);
         }
-        b.d = d;
-        b.s = d * sum as f32;
     }
 }
 
@@ -51,5 +73,6 @@ pub fn quantize_q8k_scalar(x: &[f32], out: &mut [BlockQ8K]) {
             *s = b.qs[16 * g..16 * g + 16].iter().map(|&q| q as i16).sum();
         }
         b.d = d;
+        b.pad = [0; 28];
     }
 }

@@ -60,7 +60,12 @@ impl Batch {
 
     /// Lowest and highest position of sequence `s` in this batch.
     pub fn span(&self, s: usize) -> Option<(usize, usize)> {
-        let mut it = self.seq.iter().zip(&self.pos).filter(|(q, _)| **q == s).map(|(_, &p)| p);
+        let mut it = self
+            .seq
+            .iter()
+            .zip(&self.pos)
+            .filter(|(q, _)| **q == s)
+            .map(|(_, &p)| p);
         let first = it.next()?;
         Some(it.fold((first, first), |(lo, hi), p| (lo.min(p), hi.max(p))))
     }
@@ -69,16 +74,28 @@ impl Batch {
     pub fn check(&self, n_seqs: usize, cfg: &ModelConfig) -> Result<()> {
         let n = self.tokens.len();
         if self.pos.len() != n || self.seq.len() != n || self.logits.len() != n {
-            return Err(invalid("batch", "tokens, positions, sequences and logits differ in length".into()));
+            return Err(invalid(
+                "batch",
+                "tokens, positions, sequences and logits differ in length".into(),
+            ));
         }
         if let Some(&t) = self.tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
-            return Err(invalid("tokens", format!("token id {t} is outside the vocabulary of {}", cfg.vocab)));
+            return Err(invalid(
+                "tokens",
+                format!("token id {t} is outside the vocabulary of {}", cfg.vocab),
+            ));
         }
         if let Some(&s) = self.seq.iter().find(|&&s| s >= n_seqs) {
             return Err(invalid("batch", format!("sequence {s} does not exist")));
         }
         if let Some(&p) = self.pos.iter().find(|&&p| p >= cfg.context_length) {
-            return Err(invalid("batch", format!("position {p} is beyond the context length {}", cfg.context_length)));
+            return Err(invalid(
+                "batch",
+                format!(
+                    "position {p} is beyond the context length {}",
+                    cfg.context_length
+                ),
+            ));
         }
         Ok(())
     }

@@ -17,68 +17,67 @@ pub(crate) struct Dumps {
     sort_keys: bool,
 }
 
-impl Default for Dumps {
-    fn default() -> Self {
-        Self {
-            ensure_ascii: false,
-            indent: None,
-            item_sep: ", ".into(),
-            key_sep: ": ".into(),
-            sort_keys: false,
-        }
+/// Python-style parameters: `names` filled by position from `args`, then by name from `kwargs`;
+/// `None` / `none` count as not given.
+fn python_args<const N: usize>(
+    filter: &str,
+    names: [&str; N],
+    args: &[Value],
+    kwargs: &Kwargs,
+) -> Result<[Option<Value>; N], Error> {
+    if args.len() > N {
+        return Err(Error::new(
+            ErrorKind::TooManyArguments,
+            format!("{filter} takes at most {N} arguments"),
+        ));
     }
-}
-
-/// The `tojson` filter: `json.dumps(x, ensure_ascii=False, indent=None, separators=None,
-/// sort_keys=False)`, arguments by position in that order or by name.
-pub(crate) fn tojson(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value, Error> {
-    const NAMES: [&str; 4] = ["ensure_ascii", "indent", "separators", "sort_keys"];
-    if args.len() > NAMES.len() {
-        return Err(Error::new(ErrorKind::TooManyArguments, "tojson takes at most 4 arguments"));
-    }
-    let mut given: [Option<Value>; 4] = Default::default();
-    for (slot, arg) in given.iter_mut().zip(args.iter()) {
-        *slot = Some(arg.clone());
-    }
-    for (slot, name) in given.iter_mut().zip(NAMES) {
+    let mut given: [Option<Value>; N] = std::array::from_fn(|i| args.get(i).cloned());
+    for (slot, name) in given.iter_mut().zip(names) {
         if let Some(v) = kwargs.get::<Option<Value>>(name)? {
             *slot = Some(v);
         }
     }
     kwargs.assert_all_used()?;
-    let [ensure_ascii, indent, separators, sort_keys] = given;
+    Ok(given.map(|v| v.filter(|v| !v.is_none() && !v.is_undefined())))
+}
 
-    let mut opts = Dumps::default();
-    opts.ensure_ascii = ensure_ascii.is_some_and(|v| v.is_true());
-    opts.sort_keys = sort_keys.is_some_and(|v| v.is_true());
-    opts.indent = match indent.filter(|v| !v.is_none() && !v.is_undefined()) {
+/// The `tojson` filter: `json.dumps(x, ensure_ascii=False, indent=None, separators=None,
+/// sort_keys=False)`, arguments by position in that order or by name.
+pub(crate) fn tojson(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value, Error> {
+    let names = ["ensure_ascii", "indent", "separators", "sort_keys"];
+    let [ensure_ascii, indent, separators, sort_keys] =
+        python_args("tojson", names, &args, &kwargs)?;
+    let bad = |what: &str| Error::new(ErrorKind::InvalidOperation, format!("tojson: {what}"));
+    let indent = match indent {
         None => None,
         Some(v) if v.kind() == ValueKind::String => Some(v.to_string()),
         Some(v) => {
-            let n = v.as_i64().ok_or_else(|| {
-                Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer or a string")
-            })?;
+            let n = v
+                .as_i64()
+                .ok_or_else(|| bad("indent must be an integer or a string"))?;
             Some(" ".repeat(n.max(0) as usize))
         }
     };
-    if opts.indent.is_some() {
-        opts.item_sep = ",".into();
-    }
-    if let Some(seps) = separators.filter(|v| !v.is_none() && !v.is_undefined()) {
-        let parts: Vec<Value> = seps.try_iter()?.collect();
-        match parts.as_slice() {
-            [item, key] => {
-                opts.item_sep = item.to_string();
-                opts.key_sep = key.to_string();
-            }
+    // Python's default separators are (", ", ": "), and (",", ": ") once indenting.
+    let (item_sep, key_sep) = match separators {
+        None if indent.is_some() => (",".to_string(), ": ".to_string()),
+        None => (", ".to_string(), ": ".to_string()),
+        Some(seps) => match seps.try_iter()?.collect::<Vec<_>>().as_slice() {
+            [item, key] => (item.to_string(), key.to_string()),
             _ => {
-                return Err(Error::new(
-                    ErrorKind::InvalidOperation,
-                    "tojson: separators must be an (item_separator, key_separator) pair",
+                return Err(bad(
+                    "separators must be an (item_separator, key_separator) pair",
                 ));
             }
-        }
-    }
+        },
+    };
+    let opts = Dumps {
+        ensure_ascii: ensure_ascii.is_some_and(|v| v.is_true()),
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys: sort_keys.is_some_and(|v| v.is_true()),
+    };
     let mut out = String::new();
     opts.dump(value, 0, &mut out)?;
     Ok(Value::from(out))
@@ -218,7 +217,11 @@ pub(crate) fn float_repr(f: f64, json: bool) -> String {
     let exp: i32 = exp.parse().unwrap_or(0);
     if (-4..16).contains(&exp) {
         let fixed = format!("{f}");
-        if fixed.contains('.') { fixed } else { format!("{fixed}.0") }
+        if fixed.contains('.') {
+            fixed
+        } else {
+            format!("{fixed}.0")
+        }
     } else {
         let sign = if exp < 0 { '-' } else { '+' };
         format!("{mantissa}e{sign}{:02}", exp.abs())
@@ -242,7 +245,10 @@ pub(crate) fn py_repr(value: &Value) -> String {
         ValueKind::Number => number(value, false),
         ValueKind::String => str_repr(value.as_str().unwrap_or_default()),
         ValueKind::Seq => match value.try_iter() {
-            Ok(items) => format!("[{}]", items.map(|v| py_repr(&v)).collect::<Vec<_>>().join(", ")),
+            Ok(items) => format!(
+                "[{}]",
+                items.map(|v| py_repr(&v)).collect::<Vec<_>>().join(", ")
+            ),
             Err(_) => value.to_string(),
         },
         ValueKind::Map => match value.try_iter() {
@@ -263,7 +269,11 @@ pub(crate) fn py_repr(value: &Value) -> String {
 
 /// Python's `repr(str)`: single quotes unless the text holds a `'` and no `"`.
 fn str_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::with_capacity(s.len() + 2);
     out.push(quote);
     for c in s.chars() {
@@ -284,4 +294,60 @@ fn str_repr(s: &str) -> String {
     }
     out.push(quote);
     out
+}
+
+/// Jinja2's `indent(width=4, first=False, blank=False)`, including its quirk of treating a
+/// trailing newline as ending a last, empty line (`"{\n" | indent(4, first=true)` is `"    {\n"`).
+pub(crate) fn indent(value: &str, args: Rest<Value>, kwargs: Kwargs) -> Result<String, Error> {
+    let names = ["width", "first", "blank"];
+    let [width, first, blank] = python_args("indent", names, &args, &kwargs)?;
+    let indention = match width {
+        None => "    ".to_string(),
+        Some(w) if w.kind() == ValueKind::String => w.to_string(),
+        Some(w) => " ".repeat(w.as_i64().unwrap_or(4).max(0) as usize),
+    };
+    let blank = blank.is_some_and(|v| v.is_true());
+    let text = format!("{value}\n");
+    let mut out = String::new();
+    for (i, line) in splitlines(&text).iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+            if blank || !line.is_empty() {
+                out.push_str(&indention);
+            }
+        }
+        out.push_str(line);
+    }
+    if first.is_some_and(|v| v.is_true()) {
+        out.insert_str(0, &indention);
+    }
+    Ok(out)
+}
+
+/// Python's `str.splitlines()`: splits at every line boundary Python knows and drops them.
+fn splitlines(text: &str) -> Vec<&str> {
+    let is_break = |c: char| {
+        matches!(
+            c,
+            '\n' | '\r' | '\u{b}' | '\u{c}' | '\u{1c}'
+                ..='\u{1e}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+        )
+    };
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if is_break(c) {
+            lines.push(&text[start..i]);
+            start = i + c.len_utf8();
+            if c == '\r' && chars.peek().is_some_and(|&(_, n)| n == '\n') {
+                chars.next();
+                start += 1;
+            }
+        }
+    }
+    if start < text.len() {
+        lines.push(&text[start..]);
+    }
+    lines
 }

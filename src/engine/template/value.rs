@@ -1,12 +1,13 @@
-//! JSON to template values. Objects become [`OrderedMap`]s that keep their keys in the order they
-//! were written, the way Python dicts do, so `tojson`, `.items()` and `for k in m` see the
-//! caller's order whatever features minijinja or serde_json were built with.
+//! Template values beyond minijinja's own: JSON objects as [`OrderedMap`]s that keep their keys in
+//! order, the way Python dicts do, so `tojson`, `.items()` and `for k in m` see the caller's order
+//! (JSON text parsed here keeps its written order; a `serde_json::Value` has it only when
+//! serde_json is built with `preserve_order`), and [`MutableList`] for namespace queues.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use minijinja::Value;
-use minijinja::value::{Enumerator, Object, ObjectRepr};
+use minijinja::value::{Enumerator, Object, ObjectExt, ObjectRepr};
+use minijinja::{Error, ErrorKind, State, Value};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// A map that remembers insertion order; lookups are linear, which is fast for the small objects
@@ -50,6 +51,80 @@ impl Object for OrderedMap {
 
     fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
         Some(self.entries.len())
+    }
+}
+
+/// A list with Python's mutating methods (`append`, `extend`, `insert`, `pop`, `clear`), for
+/// templates that keep a queue in a `namespace`. Plain template lists stay immutable.
+#[derive(Debug, Default)]
+pub(crate) struct MutableList {
+    items: Mutex<Vec<Value>>,
+}
+
+impl MutableList {
+    /// A mutable copy of a sequence value.
+    pub(crate) fn from_value(seq: &Value) -> Result<Value, Error> {
+        let items = Mutex::new(seq.try_iter()?.collect());
+        Ok(Value::from_object(Self { items }))
+    }
+
+    fn items(&self) -> MutexGuard<'_, Vec<Value>> {
+        self.items
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Object for MutableList {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Seq
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.items().get(key.as_usize()?).cloned()
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Seq(self.items().len())
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, Error> {
+        let mut items = self.items();
+        let bad = |what: &str| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("list.{method}: {what}"),
+            )
+        };
+        let index = |i: &Value, len: usize| {
+            let i = i.as_i64().ok_or_else(|| bad("index must be an integer"))?;
+            let i = if i < 0 { i + len as i64 } else { i };
+            usize::try_from(i).map_err(|_| bad("index out of range"))
+        };
+        match (method, args) {
+            ("append", [item]) => items.push(item.clone()),
+            ("extend", [more]) => items.extend(more.try_iter()?),
+            ("insert", [at, item]) => {
+                let at = index(at, items.len())?.min(items.len());
+                items.insert(at, item.clone());
+            }
+            ("pop", []) => return items.pop().ok_or_else(|| bad("pop from empty list")),
+            ("pop", [at]) => {
+                let at = index(at, items.len())?;
+                if at >= items.len() {
+                    return Err(bad("index out of range"));
+                }
+                return Ok(items.remove(at));
+            }
+            ("clear", []) => items.clear(),
+            _ => return Err(Error::from(ErrorKind::UnknownMethod)),
+        }
+        Ok(Value::from(()))
     }
 }
 

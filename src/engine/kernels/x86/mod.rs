@@ -1,9 +1,20 @@
 //! x86-64 SIMD kernels: AVX2 and AVX-512 VNNI dot products and activation quantization.
 
+mod avx512_k;
+mod avx512_legacy;
+mod float;
+pub mod quant;
+
 use super::GgmlDType;
 use super::isa::{DotFn, Isa};
 
 /// The SIMD dot product for `dtype` on `isa`, if there is one.
-pub fn kernel(_dtype: GgmlDType, _isa: Isa) -> Option<DotFn> {
-    None
+pub fn kernel(dtype: GgmlDType, isa: Isa) -> Option<DotFn> {
+    match isa {
+        Isa::Avx512 => avx512_legacy::kernel(dtype)
+            .or_else(|| avx512_k::kernel(dtype))
+            .or_else(|| float::kernel512(dtype)),
+        Isa::Avx2 => float::kernel256(dtype),
+        Isa::Scalar => None,
+    }
 }

@@ -1,0 +1,258 @@
+//! Tests of the matmul kernels against candle's independent dequantization, and of every SIMD
+//! path against the scalar one.
+
+use super::*;
+use candle_core::quantized::k_quants::{self as ck, GgmlType};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Random `f32`s, roughly normal, with an occasional outlier.
+fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let v: f32 = (0..4).map(|_| rng.gen_range(-1.0f32..1.0)).sum();
+            if rng.gen_ratio(1, 97) { v * 8.0 } else { v }
+        })
+        .collect()
+}
+
+/// The bytes of any candle block slice (all are `repr(C)` plain data).
+fn bytes_of<T>(b: &[T]) -> Vec<u8> {
+    // SAFETY: candle's blocks are `repr(C)` structs of integers and halves, without padding.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<u8>(), std::mem::size_of_val(b)) }
+        .to_vec()
+}
+
+/// Quantizes random data with candle, returning (GGUF bytes, candle's dequantization).
+fn via_candle<T: GgmlType>(rng: &mut StdRng, rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>) {
+    let src = randn(rng, rows * cols);
+    let mut blocks = vec![T::zeros(); rows * cols / T::BLCK_SIZE];
+    T::from_float(&src, &mut blocks);
+    let mut deq = vec![0f32; rows * cols];
+    T::to_float(&blocks, &mut deq);
+    (bytes_of(&blocks), deq)
+}
+
+/// Random block bytes (every bit pattern exercised) with sane `f16` scale fields, and candle's
+/// dequantization of them.
+fn random_blocks<T: GgmlType>(
+    rng: &mut StdRng,
+    rows: usize,
+    cols: usize,
+    f16_fields: &[usize],
+) -> (Vec<u8>, Vec<f32>) {
+    let nb = rows * cols / T::BLCK_SIZE;
+    let size = std::mem::size_of::<T>();
+    let mut bytes: Vec<u8> = (0..nb * size).map(|_| rng.r#gen()).collect();
+    for b in bytes.chunks_exact_mut(size) {
+        for &off in f16_fields {
+            let v = half::f16::from_f32(rng.gen_range(-0.05f32..0.05));
+            b[off..off + 2].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    let mut blocks = vec![T::zeros(); nb];
+    // SAFETY: same size; every bit pattern with finite halves is a valid candle block.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            blocks.as_mut_ptr().cast::<u8>(),
+            bytes.len(),
+        )
+    };
+    let mut deq = vec![0f32; rows * cols];
+    T::to_float(&blocks, &mut deq);
+    (bytes, deq)
+}
+
+/// Checks `matmul` on every ISA against the dequantized reference, within the error bound of
+/// 8-bit activation quantization, and every SIMD path against the scalar one.
+fn check(
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+    n: usize,
+    data: &[u8],
+    deq: &[f32],
+    seed: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x = randn(&mut rng, n * cols);
+    let w = QMatrix::new(dtype, rows, cols, data).expect("valid matrix");
+    let block = match isa::act(dtype) {
+        Act::F32 => 0,
+        Act::Q8 => 32,
+        Act::Q8K => 256,
+    };
+    let mut scalar = vec![0f32; n * rows];
+    matmul_isa(&w, &x, n, &mut scalar, Isa::Scalar);
+    for &is in &isa::available() {
+        let mut got = vec![0f32; n * rows];
+        matmul_isa(&w, &x, n, &mut got, is);
+        for t in 0..n {
+            let xt = &x[t * cols..(t + 1) * cols];
+            for r in 0..rows {
+                let wr = &deq[r * cols..(r + 1) * cols];
+                let exact: f64 = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let mag: f64 = wr
+                    .iter()
+                    .zip(xt)
+                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                    .sum();
+                // Each activation moves by at most half a quantization step.
+                let qerr: f64 = if block == 0 {
+                    0.0
+                } else {
+                    xt.chunks(block)
+                        .zip(wr.chunks(block))
+                        .map(|(xb, wb)| {
+                            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                            let sw: f64 = wb.iter().map(|&v| (v as f64).abs()).sum();
+                            amax / 127.0 * 0.5 * sw
+                        })
+                        .sum()
+                };
+                let v = got[t * rows + r] as f64;
+                let tol = qerr * 1.01 + mag * 2e-5 + 1e-5;
+                assert!(
+                    (v - exact).abs() <= tol,
+                    "{dtype:?} {is:?} {rows}x{cols} n={n} t={t} r={r}: {v} vs {exact} (tol {tol})"
+                );
+                let s = scalar[t * rows + r] as f64;
+                assert!(
+                    (v - s).abs() <= mag * 2e-5 + 1e-5,
+                    "{dtype:?} {is:?} vs scalar {rows}x{cols} n={n} t={t} r={r}: {v} vs {s}"
+                );
+            }
+        }
+    }
+}
+
+fn check_type<T: GgmlType>(dtype: GgmlDType, widths: &[usize], f16_fields: &[usize]) {
+    let mut rng = StdRng::seed_from_u64(0x5eed ^ dtype as u64);
+    for (i, &cols) in widths.iter().enumerate() {
+        let rows = 37;
+        let (data, deq) = via_candle::<T>(&mut rng, rows, cols);
+        let w = QMatrix::new(dtype, rows, cols, &data).unwrap();
+        let mut row = vec![0f32; cols];
+        for r in [0, rows / 2, rows - 1] {
+            w.dequantize_row(r, &mut row);
+            assert_eq!(
+                row,
+                deq[r * cols..(r + 1) * cols],
+                "{dtype:?} dequantize_row {r}"
+            );
+        }
+        check(dtype, rows, cols, 1, &data, &deq, i as u64);
+        check(dtype, rows, cols, 3, &data, &deq, 100 + i as u64);
+        if isa::act(dtype) != Act::F32 {
+            let (data, deq) = random_blocks::<T>(&mut rng, rows, cols, f16_fields);
+            check(dtype, rows, cols, 2, &data, &deq, 200 + i as u64);
+        }
+    }
+    // A batch crossing the token tile, with a row count crossing several row tiles.
+    let cols = widths[widths.len() / 2];
+    let (data, deq) = via_candle::<T>(&mut rng, 70, cols);
+    check(dtype, 70, cols, 70, &data, &deq, 999);
+}
+
+const W32: &[usize] = &[32, 64, 576, 640, 896, 2048];
+const W256: &[usize] = &[256, 512, 2048, 4864];
+
+#[test]
+fn q4_0() {
+    check_type::<ck::BlockQ4_0>(GgmlDType::Q4_0, W32, &[0]);
+}
+#[test]
+fn q4_1() {
+    check_type::<ck::BlockQ4_1>(GgmlDType::Q4_1, W32, &[0, 2]);
+}
+#[test]
+fn q5_0() {
+    check_type::<ck::BlockQ5_0>(GgmlDType::Q5_0, W32, &[0]);
+}
+#[test]
+fn q5_1() {
+    check_type::<ck::BlockQ5_1>(GgmlDType::Q5_1, W32, &[0, 2]);
+}
+#[test]
+fn q8_0() {
+    check_type::<ck::BlockQ8_0>(GgmlDType::Q8_0, W32, &[0]);
+}
+#[test]
+fn q2k() {
+    check_type::<ck::BlockQ2K>(GgmlDType::Q2K, W256, &[80, 82]);
+}
+#[test]
+fn q3k() {
+    check_type::<ck::BlockQ3K>(GgmlDType::Q3K, W256, &[108]);
+}
+#[test]
+fn q4k() {
+    check_type::<ck::BlockQ4K>(GgmlDType::Q4K, W256, &[0, 2]);
+}
+#[test]
+fn q5k() {
+    check_type::<ck::BlockQ5K>(GgmlDType::Q5K, W256, &[0, 2]);
+}
+#[test]
+fn q6k() {
+    check_type::<ck::BlockQ6K>(GgmlDType::Q6K, W256, &[208]);
+}
+#[test]
+fn f32_f16_bf16() {
+    check_type::<f32>(GgmlDType::F32, &[1, 7, 33, 640], &[]);
+    check_type::<half::f16>(GgmlDType::F16, &[1, 7, 33, 640], &[]);
+    check_type::<half::bf16>(GgmlDType::BF16, &[1, 7, 33, 640], &[]);
+}
+
+#[test]
+fn rejects_bad_shapes() {
+    assert!(QMatrix::new(GgmlDType::Q4K, 1, 640, &[0; 144 * 2]).is_err());
+    assert!(QMatrix::new(GgmlDType::Q4_0, 2, 64, &[0; 18 * 3]).is_err());
+    assert!(QMatrix::new(GgmlDType::Q8K, 1, 256, &[0; 292]).is_err());
+    assert!(QMatrix::new(GgmlDType::Q4_0, 2, 64, &[0; 18 * 4]).is_ok());
+}
+
+#[test]
+fn activation_quantization_paths_agree() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut x = randn(&mut rng, 4864);
+    x[256..512].fill(0.0);
+    let z = BlockQ8x2 {
+        u: [0; 64],
+        d: [0.0; 16],
+        s: [0.0; 16],
+    };
+    let mut a = vec![z; 4864 / 64];
+    let mut b = a.clone();
+    quant::quantize_q8_scalar(&x, &mut a);
+    quant::quantize_q8(&x, &mut b);
+    assert_eq!(blocks::as_bytes(&a), blocks::as_bytes(&b));
+    let z = BlockQ8K {
+        d: 0.0,
+        qs: [0; 256],
+        bsums: [0; 16],
+        pad: [0; 28],
+    };
+    let (mut a, mut b) = (vec![z; 19], vec![z; 19]);
+    quant::quantize_q8k_scalar(&x, &mut a);
+    quant::quantize_q8k(&x, &mut b);
+    assert_eq!(blocks::as_bytes(&a), blocks::as_bytes(&b));
+}
+
+#[test]
+fn thread_counts_agree() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (rows, cols) = (300, 512);
+    let (data, _) = via_candle::<ck::BlockQ4K>(&mut rng, rows, cols);
+    let w = QMatrix::new(GgmlDType::Q4K, rows, cols, &data).unwrap();
+    let x = randn(&mut rng, 5 * cols);
+    let mut one = vec![0f32; 5 * rows];
+    // Dynamic tile scheduling must not change any result.
+    matmul(&w, &x, 5, &mut one);
+    for _ in 0..50 {
+        let mut again = vec![0f32; 5 * rows];
+        matmul(&w, &x, 5, &mut again);
+        assert_eq!(one, again);
+    }
+}

@@ -1,1 +1,0 @@
-//! Chat templates: renders a GGUF's `tokenizer.chat_template` with minijinja the way Hugging Face does.
