@@ -3,6 +3,10 @@
 //! Layers only look down: `api` → `service` → `engine`, `catalog` (and later
 //! `knowledge`, `scan`, `siem`, `store`). The `engine` never imports the layers above it.
 
+pub mod bench;
+pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod config;
 pub mod engine;
+pub mod service;

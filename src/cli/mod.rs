@@ -3,6 +3,7 @@
 
 mod infer;
 mod models;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
     /// Generate a completion of a raw prompt.
     Generate(GenerateArgs),
     /// Chat with a model interactively, streaming its answers.
@@ -138,6 +141,7 @@ pub fn main() -> ExitCode {
         crate::engine::kernels::set_threads(n);
     }
     let result = match cli.command {
+        Command::Serve(a) => serve::run(a),
         Command::Generate(a) => infer::generate(a),
         Command::Chat(a) => infer::chat(a),
         Command::Tokenize(a) => infer::tokenize(a),

@@ -3,6 +3,7 @@
 //! [`StepEvent`]; [`generate`] drives one sequence from prompt to finish. The batching scheduler
 //! drives many sequences through the same [`Sequence::step`].
 
+use crate::engine::constrain::{BoundConstraint, Constraint};
 use crate::engine::error::{EngineError, Result};
 use crate::engine::model::{Batch, KvPool, Model, SeqKv};
 use crate::engine::sampler::{self, Sampler, SamplingParams, TokenLogprob};
@@ -27,6 +28,8 @@ pub struct GenerationRequest {
     pub logprobs: Option<usize>,
     /// Keep generating past end-of-generation tokens.
     pub ignore_eos: bool,
+    /// Grammar the output must match (JSON, tool calls), bound to the model's environment.
+    pub constraint: Option<BoundConstraint>,
 }
 
 impl GenerationRequest {
@@ -39,6 +42,7 @@ impl GenerationRequest {
             stop: Vec::new(),
             logprobs: None,
             ignore_eos: false,
+            constraint: None,
         }
     }
 
@@ -106,14 +110,19 @@ pub struct Sequence {
     cached: usize,
     generated: usize,
     finish: Option<FinishReason>,
+    constraint: Option<Constraint>,
     /// This sequence's KV cache blocks.
     pub kv: SeqKv,
 }
 
 impl Sequence {
-    /// Starts a sequence (checks parameters).
+    /// Starts a sequence (checks parameters, compiles the constraint's grammar).
     pub fn new(req: GenerationRequest) -> Result<Self> {
         let sampler = Sampler::new(req.sampling.clone())?;
+        let constraint = match &req.constraint {
+            Some(c) => Some(Constraint::new(&c.spec, &c.env)?),
+            None => None,
+        };
         Ok(Self {
             stop: StopMatcher::new(&req.stop),
             tokens: req.prompt.clone(),
@@ -123,6 +132,7 @@ impl Sequence {
             cached: 0,
             generated: 0,
             finish: None,
+            constraint,
             kv: SeqKv::default(),
         })
     }
@@ -167,14 +177,29 @@ impl Sequence {
         self.finish.get_or_insert(FinishReason::Cancelled);
     }
 
-    /// Samples the next token from the logits after the last cached token.
+    /// Samples the next token from the logits after the last cached token. With a constraint,
+    /// tokens the grammar does not allow are masked out first (log-probabilities still report
+    /// the model's own distribution), and the sequence stops once the grammar is complete.
     pub fn step(&mut self, logits: &mut [f32], tok: &Tokenizer) -> StepEvent {
         let logprob = self.req.logprobs.map(|k| (k, logits.to_vec()));
+        if let Some(c) = &mut self.constraint {
+            c.mask(logits);
+        }
         let history = &self.tokens[self.tokens.len().saturating_sub(self.req.sampling.penalty_last_n)..];
-        let token = self.sampler.sample(logits, history);
+        let mut token = self.sampler.sample(logits, history);
+        if self.constraint.is_some() && logits.get(token as usize) == Some(&f32::NEG_INFINITY) {
+            // Rounding in the sampler's draw can land on a zero-weight candidate.
+            token = sampler::argmax(logits);
+        }
         let logprob = logprob.map(|(k, raw)| sampler::logprobs(&raw, token, k));
         self.tokens.push(token);
         self.generated += 1;
+        let grammar_done = self.constraint.as_mut().is_some_and(|c| {
+            if let Err(e) = c.commit(token) {
+                tracing::error!(error = %e, token, "constrained sequence ended by a grammar error");
+            }
+            c.is_finished()
+        });
         let mut text = String::new();
         let mut stop_string = false;
         if !self.req.ignore_eos && tok.is_eog(token) {
@@ -190,6 +215,9 @@ impl Sequence {
                     self.finish = Some(FinishReason::Stop);
                 }
             }
+        }
+        if self.finish.is_none() && grammar_done {
+            self.finish = Some(FinishReason::Stop);
         }
         if self.finish.is_none() && self.generated >= self.req.max_tokens {
             self.finish = Some(FinishReason::Length);

@@ -1,6 +1,8 @@
 //! The inference engine: GGUF loading, tokenizer, chat templates, model graph, kernels,
 //! sampling and the generation loop. Nothing here knows about HTTP.
 
+pub mod embed;
+pub mod constrain;
 pub mod error;
 pub mod gguf;
 pub mod kernels;
@@ -11,3 +13,4 @@ pub mod tokenizer;
 pub mod generate;
 pub mod stream;
 pub mod loaded;
+pub mod scheduler;

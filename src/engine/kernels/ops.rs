@@ -261,7 +261,10 @@ mod tests {
         for i in -8700..8800 {
             let x = i as f32 / 100.0;
             let (got, want) = (exp_approx(x) as f64, (x as f64).exp());
-            assert!((got - want).abs() <= 4e-7 * want, "exp({x}): {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 4e-7 * want,
+                "exp({x}): {got} vs {want}"
+            );
         }
         assert_eq!(exp_approx(-1000.0), exp_approx(-87.3));
         assert!(exp_approx(1000.0).is_finite());
@@ -272,34 +275,53 @@ mod tests {
         for n in [1, 15, 16, 33, 640, 4864] {
             let (a, b) = (data(n, 1), data(n, 7));
             let dot: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
-            let mag: f64 = a.iter().zip(&b).map(|(&x, &y)| (x as f64 * y as f64).abs()).sum();
+            let mag: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(&x, &y)| (x as f64 * y as f64).abs())
+                .sum();
             assert!((dot_f32(&a, &b) as f64 - dot).abs() <= 1e-6 * mag + 1e-6);
 
             let mut y = b.clone();
             axpy(0.5, &a, &mut y);
-            y.iter().zip(&a).zip(&b).for_each(|((&y, &a), &b)| close(y, b as f64 + 0.5 * a as f64, 1e-6));
+            y.iter()
+                .zip(&a)
+                .zip(&b)
+                .for_each(|((&y, &a), &b)| close(y, b as f64 + 0.5 * a as f64, 1e-6));
 
             let mut out = vec![0f32; n];
             rms_norm(&a, &b, 1e-6, &mut out);
             let ms = a.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64;
             let s = 1.0 / (ms + 1e-6).sqrt();
-            out.iter().zip(&a).zip(&b).for_each(|((&o, &a), &w)| close(o, a as f64 * s * w as f64, 1e-5));
+            out.iter()
+                .zip(&a)
+                .zip(&b)
+                .for_each(|((&o, &a), &w)| close(o, a as f64 * s * w as f64, 1e-5));
 
             let mut g = a.clone();
             silu_mul(&mut g, &b);
             let silu = |x: f64| x / (1.0 + (-x).exp());
-            g.iter().zip(&a).zip(&b).for_each(|((&g, &a), &u)| close(g, silu(a as f64) * u as f64, 1e-5));
+            g.iter()
+                .zip(&a)
+                .zip(&b)
+                .for_each(|((&g, &a), &u)| close(g, silu(a as f64) * u as f64, 1e-5));
 
             let mut g = a.clone();
             gelu_tanh_mul(&mut g, &b);
-            let gelu = |x: f64| 0.5 * x * (1.0 + (0.797_884_560_8 * (x + 0.044715 * x * x * x)).tanh());
-            g.iter().zip(&a).zip(&b).for_each(|((&g, &a), &u)| close(g, gelu(a as f64) * u as f64, 1e-5));
+            let gelu =
+                |x: f64| 0.5 * x * (1.0 + (0.797_884_560_8 * (x + 0.044715 * x * x * x)).tanh());
+            g.iter()
+                .zip(&a)
+                .zip(&b)
+                .for_each(|((&g, &a), &u)| close(g, gelu(a as f64) * u as f64, 1e-5));
 
             let mut p = a.clone();
             softmax_inplace(&mut p);
             let max = a.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
             let z: f64 = a.iter().map(|&v| (v as f64 - max).exp()).sum();
-            p.iter().zip(&a).for_each(|(&p, &a)| close(p, (a as f64 - max).exp() / z, 1e-5));
+            p.iter()
+                .zip(&a)
+                .for_each(|(&p, &a)| close(p, (a as f64 - max).exp() / z, 1e-5));
         }
         let mut inf = vec![f32::NEG_INFINITY; 4];
         softmax_inplace(&mut inf);
@@ -314,11 +336,23 @@ mod tests {
         let bytes: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut back = vec![0f32; 37];
         f16_to_f32(&bytes, &mut back);
-        back.iter().zip(&x).for_each(|(&b, &x)| close(b, x as f64, 1e-3));
-        f16_to_f32(&[0u8].iter().chain(&bytes).copied().collect::<Vec<_>>()[1..], &mut back);
-        back.iter().zip(&x).for_each(|(&b, &x)| close(b, x as f64, 1e-3));
-        let bf: Vec<u8> = x.iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect();
+        back.iter()
+            .zip(&x)
+            .for_each(|(&b, &x)| close(b, x as f64, 1e-3));
+        f16_to_f32(
+            &[0u8].iter().chain(&bytes).copied().collect::<Vec<_>>()[1..],
+            &mut back,
+        );
+        back.iter()
+            .zip(&x)
+            .for_each(|(&b, &x)| close(b, x as f64, 1e-3));
+        let bf: Vec<u8> = x
+            .iter()
+            .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
+            .collect();
         bf16_to_f32(&bf, &mut back);
-        back.iter().zip(&x).for_each(|(&b, &x)| close(b, x as f64, 1e-2));
+        back.iter()
+            .zip(&x)
+            .for_each(|(&b, &x)| close(b, x as f64, 1e-2));
     }
 }

@@ -168,13 +168,18 @@ fn worker(s: &Shared, mut seen: u64) {
         // Take an open slot, if any is left.
         let mut cur = s.slots.load(Acquire);
         while cur >= OPEN {
-            match s.slots.compare_exchange_weak(cur, cur - OPEN + 1, AcqRel, Acquire) {
+            match s
+                .slots
+                .compare_exchange_weak(cur, cur - OPEN + 1, AcqRel, Acquire)
+            {
                 Ok(_) => {
                     // SAFETY: the job was stored before the slots were opened (Release /
                     // Acquire through `slots`) and stays alive while we hold a running slot.
                     let job = unsafe { &*(*s.job.get()).expect("job published") };
                     let index = (cur / OPEN) as usize;
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(index))).is_err() {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(index)))
+                        .is_err()
+                    {
                         s.panicked.store(true, Relaxed);
                     }
                     s.slots.fetch_sub(1, Release);

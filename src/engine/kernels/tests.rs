@@ -155,6 +155,68 @@ fn check_type<T: GgmlType>(dtype: GgmlDType, widths: &[usize], f16_fields: &[usi
     check(dtype, 70, cols, 70, &data, &deq, 999);
 }
 
+/// Blocks filled with one byte (scales kept sane), so that every value sits at an extreme,
+/// against activations that are all at their extreme too: checks that no 16-bit intermediate
+/// saturates on any path.
+fn check_extremes<T: GgmlType>(dtype: GgmlDType, cols: usize, f16_fields: &[usize]) {
+    let rows = 3;
+    for fill in [0x00u8, 0x80, 0xFF, 0x7F] {
+        let nb = rows * cols / T::BLCK_SIZE;
+        let size = std::mem::size_of::<T>();
+        let mut bytes = vec![fill; nb * size];
+        for b in bytes.chunks_exact_mut(size) {
+            for &off in f16_fields {
+                b[off..off + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+            }
+        }
+        let mut blocks = vec![T::zeros(); nb];
+        // SAFETY: same size; finite halves make a valid candle block.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                blocks.as_mut_ptr().cast::<u8>(),
+                bytes.len(),
+            )
+        };
+        let mut deq = vec![0f32; rows * cols];
+        T::to_float(&blocks, &mut deq);
+        let w = QMatrix::new(dtype, rows, cols, &bytes).unwrap();
+        for sign in [1.0f32, -1.0] {
+            let x = vec![sign; cols];
+            for &is in &isa::available() {
+                let mut got = vec![0f32; rows];
+                matmul_isa(&w, &x, 1, &mut got, is);
+                for r in 0..rows {
+                    let exact: f64 = deq[r * cols..(r + 1) * cols]
+                        .iter()
+                        .map(|&v| (v * sign) as f64)
+                        .sum();
+                    let tol = 1e-4 * exact.abs() + 1e-4;
+                    assert!(
+                        (got[r] as f64 - exact).abs() <= tol,
+                        "{dtype:?} {is:?} fill {fill:#x} x={sign}: {} vs {exact}",
+                        got[r]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn extremes_do_not_saturate() {
+    check_extremes::<ck::BlockQ4_0>(GgmlDType::Q4_0, 64, &[0]);
+    check_extremes::<ck::BlockQ4_1>(GgmlDType::Q4_1, 64, &[0, 2]);
+    check_extremes::<ck::BlockQ5_0>(GgmlDType::Q5_0, 96, &[0]);
+    check_extremes::<ck::BlockQ5_1>(GgmlDType::Q5_1, 96, &[0, 2]);
+    check_extremes::<ck::BlockQ8_0>(GgmlDType::Q8_0, 96, &[0]);
+    check_extremes::<ck::BlockQ2K>(GgmlDType::Q2K, 512, &[80, 82]);
+    check_extremes::<ck::BlockQ3K>(GgmlDType::Q3K, 512, &[108]);
+    check_extremes::<ck::BlockQ4K>(GgmlDType::Q4K, 512, &[0, 2]);
+    check_extremes::<ck::BlockQ5K>(GgmlDType::Q5K, 512, &[0, 2]);
+    check_extremes::<ck::BlockQ6K>(GgmlDType::Q6K, 512, &[208]);
+}
+
 const W32: &[usize] = &[32, 64, 576, 640, 896, 2048];
 const W256: &[usize] = &[256, 512, 2048, 4864];
 

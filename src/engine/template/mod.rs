@@ -103,6 +103,14 @@ impl ChatTemplate {
         template
     }
 
+    /// Whether the template renders the `tools` it is given (probed by rendering a dummy tool).
+    pub fn supports_tools(&self) -> bool {
+        let probe = serde_json::json!({"type": "function", "function": {
+            "name": "ward_probe_tool", "description": "probe", "parameters": {"type": "object", "properties": {}}}});
+        self.render(&[ChatMessage::user("hi")], Some(&[probe]), true)
+            .is_ok_and(|out| out.contains("ward_probe_tool"))
+    }
+
     /// Whether this is [`ChatTemplate::fallback`] rather than the model's own template.
     pub fn is_fallback(&self) -> bool {
         self.fallback

@@ -292,36 +292,35 @@ fn tokenizer_is_shareable() {
     }
 }
 
+/// Gemma 3 (SentencePiece, 262k tokens, user-defined whitespace tokens) against llama.cpp's
+/// `llama-tokenize`, with and without BOS and special parsing.
 #[test]
-#[ignore]
-fn zz_gemma() {
-    let path = crate::catalog::ensure("gemma-3-270m").unwrap();
-    let gguf = GgufFile::open(&path).unwrap();
-    for _ in 0..3 {
-        let t = std::time::Instant::now();
-        let tok = Tokenizer::from_gguf(gguf.metadata()).unwrap();
-        eprintln!("gemma build {:?} {tok:?}", t.elapsed());
-    }
-    let tok = Tokenizer::from_gguf(gguf.metadata()).unwrap();
-    for text in [
-        "Hello world",
-        "<start_of_turn>user\nhi  there<end_of_turn>\n",
-        "a  b\n\n\nc",
-        " leading",
-        "日本語のテキスト 🔥",
-    ] {
-        let ids = tok.encode(text, true, true);
-        let pieces: Vec<&str> = ids.iter().map(|&i| tok.piece(i)).collect();
-        eprintln!(
-            "{text:?} -> {ids:?} {pieces:?} -> {:?}",
-            tok.decode(&ids, false)
-        );
-    }
-    eprintln!(
-        "eog {:?}",
-        tok.eog_ids()
+fn gemma3_matches_llama_tokenize() {
+    let tok = model("gemma-3-270m");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/engine/tokenizer/testdata/gemma3-tokenize.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
             .iter()
-            .map(|&i| tok.piece(i))
-            .collect::<Vec<_>>()
-    );
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let cases = json["tokenize"].as_array().unwrap();
+    assert!(cases.len() > 50);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text, true, true),
+            ids(&case["special"]),
+            "{text:?}"
+        );
+        let plain = tok.encode(text, false, false);
+        assert_eq!(plain, ids(&case["plain"]), "{text:?} (plain)");
+        assert_eq!(tok.decode(&plain, false), text);
+    }
+    assert!(tok.is_eog(tok.token_id("<end_of_turn>").unwrap()));
+    assert!(tok.is_eog(tok.eos().unwrap()));
 }

@@ -1,5 +1,6 @@
 //! x86-64 SIMD kernels: AVX2 and AVX-512 VNNI dot products and activation quantization.
 
+mod avx2;
 mod avx512_k;
 mod avx512_legacy;
 mod float;
@@ -14,7 +15,7 @@ pub fn kernel(dtype: GgmlDType, isa: Isa) -> Option<DotFn> {
         Isa::Avx512 => avx512_legacy::kernel(dtype)
             .or_else(|| avx512_k::kernel(dtype))
             .or_else(|| float::kernel512(dtype)),
-        Isa::Avx2 => float::kernel256(dtype),
+        Isa::Avx2 => avx2::kernel(dtype).or_else(|| float::kernel256(dtype)),
         Isa::Scalar => None,
     }
 }

@@ -1,0 +1,352 @@
+//! AVX2 dot products for CPUs without AVX-512: the 32-wide formats one block per `ymm`, and
+//! `Q4_K` / `Q5_K` / `Q6_K` 32 values at a time. `Q2_K` / `Q3_K` use the scalar path.
+//!
+//! `vpmaddubsw` saturates at 16 bits, so signed weights use the sign trick
+//! (`|w| · sign(x, w)`) and unsigned weights stay below 64.
+
+use super::super::blocks::{BlockQ8K, BlockQ8x2};
+use super::super::isa::DotFn;
+use super::GgmlDType;
+use std::arch::x86_64::*;
+
+/// The `f16` at `p` as `f32`.
+///
+/// # Safety
+/// F16C; two readable bytes at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16(p: *const u8) -> f32 {
+    // SAFETY: see above.
+    let bits = unsafe { p.cast::<u16>().read_unaligned() };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// Reads 16 bytes at `p` as `[low nibbles, high nibbles]`.
+///
+/// # Safety
+/// AVX2; 16 readable bytes at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    // SAFETY: see above.
+    let q = unsafe { _mm_loadu_si128(p.cast()) };
+    let v = _mm256_set_m128i(_mm_srli_epi16::<4>(q), q);
+    _mm256_and_si256(v, _mm256_set1_epi8(0x0F))
+}
+
+/// Byte `i` is `0x10` where bit `i` of `qh` is set.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bit16(qh: u32) -> __m256i {
+    let v = _mm256_set1_epi32(qh as i32);
+    let spread = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let v = _mm256_shuffle_epi8(v, spread);
+    let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(v, bits), bits);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// Sums of 4 adjacent `u8 · i8` products as 8 `f32` (no saturation for `a ≤ 128`, `|b| ≤ 127`
+/// or `a < 64`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum4(a: __m256i, b: __m256i) -> __m256 {
+    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+    _mm256_cvtepi32_ps(p)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// One 32-wide block unpacked: weights (signed unless `unsigned`), `d`, and `m` (or 0).
+struct Block {
+    w: __m256i,
+    d: f32,
+    m: f32,
+}
+
+/// Unpacks block `p` of `dtype`.
+///
+/// # Safety
+/// AVX2/F16C; a whole block of `dtype` at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack(dtype: GgmlDType, p: *const u8) -> Block {
+    // SAFETY: offsets follow the GGUF block layouts; the caller guarantees the block.
+    unsafe {
+        let d = f16(p);
+        match dtype {
+            GgmlDType::Q4_0 => {
+                let w = _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8));
+                Block { w, d, m: 0.0 }
+            }
+            GgmlDType::Q4_1 => Block {
+                w: nibbles(p.add(4)),
+                d,
+                m: f16(p.add(2)),
+            },
+            GgmlDType::Q5_0 => {
+                let qh = p.add(2).cast::<u32>().read_unaligned();
+                let w = _mm256_or_si256(nibbles(p.add(6)), bit16(qh));
+                Block {
+                    w: _mm256_sub_epi8(w, _mm256_set1_epi8(16)),
+                    d,
+                    m: 0.0,
+                }
+            }
+            GgmlDType::Q5_1 => {
+                let qh = p.add(4).cast::<u32>().read_unaligned();
+                let w = _mm256_or_si256(nibbles(p.add(8)), bit16(qh));
+                Block {
+                    w,
+                    d,
+                    m: f16(p.add(2)),
+                }
+            }
+            _ => Block {
+                w: _mm256_loadu_si256(p.add(2).cast()),
+                d,
+                m: 0.0,
+            },
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn legacy<const T: usize>(
+    dtype: GgmlDType,
+    w: &[u8],
+    a: &[u8],
+    arow: usize,
+    out: &mut [f32],
+) {
+    let size = dtype.type_size();
+    let nb = w.len() / size;
+    let pairs = nb.div_ceil(2);
+    assert!(out.len() == T && a.len() >= (T - 1) * arow + pairs * 192);
+    assert!((a.as_ptr() as usize).is_multiple_of(64) && arow.is_multiple_of(64));
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut accm = [0f32; T];
+    let flip = _mm256_set1_epi8(0x80u8 as i8);
+    for b in 0..nb {
+        // SAFETY: block `b` lies inside `w`.
+        let blk = unsafe { unpack(dtype, w.as_ptr().add(b * size)) };
+        let aw = _mm256_sign_epi8(blk.w, blk.w);
+        for t in 0..T {
+            // SAFETY: pair `b / 2` of token `t` lies inside `a` (asserted), 64-byte aligned.
+            let x = unsafe { &*a.as_ptr().add(t * arow + b / 2 * 192).cast::<BlockQ8x2>() };
+            let h = b % 2;
+            // SAFETY: 32 bytes at offset 32h of a 64-byte aligned block.
+            let q = unsafe { _mm256_load_si256(x.u.as_ptr().add(32 * h).cast()) };
+            let q = _mm256_xor_si256(q, flip);
+            let s = sum4(aw, _mm256_sign_epi8(q, blk.w));
+            acc[t] = _mm256_fmadd_ps(s, _mm256_set1_ps(blk.d * x.d[8 * h]), acc[t]);
+            accm[t] += blk.m * x.s[8 * h];
+        }
+    }
+    for t in 0..T {
+        out[t] = hsum(acc[t]) + accm[t];
+    }
+}
+
+/// Unpacks the 6-bit scales and mins of a `Q4_K` / `Q5_K` block.
+///
+/// # Safety
+/// 12 readable bytes at `p`.
+#[inline(always)]
+unsafe fn k4_scales(p: *const u8) -> ([u8; 8], [u8; 8]) {
+    // SAFETY: see above.
+    let s = unsafe { p.cast::<[u8; 12]>().read_unaligned() };
+    super::super::blocks::k4_scales_mins(&s)
+}
+
+/// `[a ×8, b ×8]` as 16 `i16`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pair16(a: i16, b: i16) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(b), _mm_set1_epi16(a))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kquant<const T: usize>(
+    dtype: GgmlDType,
+    w: &[u8],
+    a: &[u8],
+    arow: usize,
+    out: &mut [f32],
+) {
+    let size = dtype.type_size();
+    let nb = w.len() / size;
+    let xb = std::mem::size_of::<BlockQ8K>();
+    assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * xb);
+    assert!((a.as_ptr() as usize).is_multiple_of(64) && arow.is_multiple_of(64));
+    let mask4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for i in 0..nb {
+        let p = w[i * size..].as_ptr();
+        // SAFETY: token `t`, block `i` inside `a` (asserted), 64-byte aligned.
+        let x: [&BlockQ8K; T] =
+            std::array::from_fn(|t| unsafe { &*a.as_ptr().add(t * arow + i * xb).cast() });
+        // SAFETY: 32 bytes of activations at `off`, 32-byte aligned.
+        let xq =
+            |t: usize, off: usize| unsafe { _mm256_load_si256(x[t].qs.as_ptr().add(off).cast()) };
+        // SAFETY: `bsums` at offset 256, 32-byte aligned.
+        let bs = |t: usize| unsafe { _mm256_load_si256(x[t].bsums.as_ptr().cast()) };
+        let mut isum = [_mm256_setzero_si256(); T];
+        // (d, dmin) and the per-token correction sums subtracted with them.
+        let (d, dmin);
+        let mut corr = [_mm256_setzero_si256(); T];
+        if dtype == GgmlDType::Q6K {
+            // SAFETY: `ql` at 0, `qh` at 128, scales at 192, `d` at 208.
+            let (sc, dd) = unsafe {
+                (
+                    p.add(192).cast::<[i8; 16]>().read_unaligned(),
+                    f16(p.add(208)),
+                )
+            };
+            (d, dmin) = (dd, dd);
+            for h in 0..2 {
+                // SAFETY: as above.
+                let (ql0, ql1, qh) = unsafe {
+                    (
+                        _mm256_loadu_si256(p.add(64 * h).cast()),
+                        _mm256_loadu_si256(p.add(64 * h + 32).cast()),
+                        _mm256_loadu_si256(p.add(128 + 32 * h).cast()),
+                    )
+                };
+                let m30 = _mm256_set1_epi8(0x30);
+                let v = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, mask4),
+                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, mask4),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), mask4),
+                        _mm256_and_si256(qh, m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), mask4),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+                    ),
+                ];
+                for (k, &v) in v.iter().enumerate() {
+                    let g = 8 * h + 2 * k;
+                    let s = pair16(sc[g] as i16, sc[g + 1] as i16);
+                    for t in 0..T {
+                        let p16 = _mm256_maddubs_epi16(v, xq(t, 128 * h + 32 * k));
+                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p16, s));
+                    }
+                }
+            }
+            // SAFETY: 16 readable bytes.
+            let sc16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+            for t in 0..T {
+                // The stored values are q + 32: subtract 32 Σ sc · bsum.
+                corr[t] = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs(t), sc16));
+            }
+        } else {
+            let q5 = dtype == GgmlDType::Q5K;
+            // SAFETY: `d`, `dmin`, scales at 0, 2, 4; `qh` (Q5_K) at 16; `qs` after.
+            let (sc, mn, dd, dm) = unsafe {
+                let (sc, mn) = k4_scales(p.add(4));
+                (sc, mn, f16(p), f16(p.add(2)))
+            };
+            (d, dmin) = (dd, dm);
+            // SAFETY: as above.
+            let qh = if q5 {
+                unsafe { _mm256_loadu_si256(p.add(16).cast()) }
+            } else {
+                _mm256_setzero_si256()
+            };
+            let qs = if q5 { 48 } else { 16 };
+            for c in 0..4 {
+                // SAFETY: 32 bytes of `qs` per chunk.
+                let q = unsafe { _mm256_loadu_si256(p.add(qs + 32 * c).cast()) };
+                let mut lo = _mm256_and_si256(q, mask4);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask4);
+                if q5 {
+                    let bit = |k: i32| {
+                        let b = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(k));
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(b, _mm256_set1_epi8(1)))
+                    };
+                    lo = _mm256_or_si256(lo, bit(2 * c as i32));
+                    hi = _mm256_or_si256(hi, bit(2 * c as i32 + 1));
+                }
+                let (s0, s1) = (
+                    _mm256_set1_epi16(sc[2 * c] as i16),
+                    _mm256_set1_epi16(sc[2 * c + 1] as i16),
+                );
+                for t in 0..T {
+                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xq(t, 64 * c)), s0);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xq(t, 64 * c + 32)), s1);
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p0, p1));
+                }
+            }
+            let m16: [i16; 16] = std::array::from_fn(|k| mn[k / 2] as i16);
+            // SAFETY: 32 readable bytes.
+            let m16 = unsafe { _mm256_loadu_si256(m16.as_ptr().cast()) };
+            for t in 0..T {
+                corr[t] = _mm256_madd_epi16(bs(t), m16);
+            }
+        }
+        for t in 0..T {
+            let main = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * x[t].d));
+            let c = _mm256_mul_ps(_mm256_cvtepi32_ps(corr[t]), _mm256_set1_ps(dmin * x[t].d));
+            acc[t] = _mm256_add_ps(acc[t], _mm256_sub_ps(main, c));
+        }
+    }
+    for t in 0..T {
+        out[t] = hsum(acc[t]);
+    }
+}
+
+macro_rules! tokens {
+    ($f:ident, $dt:ident) => {{
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn run(w: &[u8], a: &[u8], arow: usize, out: &mut [f32]) {
+            let d = GgmlDType::$dt;
+            // SAFETY: same features; the kernels check the lengths.
+            unsafe {
+                match out.len() {
+                    1 => $f::<1>(d, w, a, arow, out),
+                    2 => $f::<2>(d, w, a, arow, out),
+                    3 => $f::<3>(d, w, a, arow, out),
+                    4 => $f::<4>(d, w, a, arow, out),
+                    n => unreachable!("{n} tokens"),
+                }
+            }
+        }
+        run as DotFn
+    }};
+}
+
+/// The AVX2 kernel for a quantized format, if there is one.
+pub fn kernel(dtype: GgmlDType) -> Option<DotFn> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => tokens!(legacy, Q4_0),
+        GgmlDType::Q4_1 => tokens!(legacy, Q4_1),
+        GgmlDType::Q5_0 => tokens!(legacy, Q5_0),
+        GgmlDType::Q5_1 => tokens!(legacy, Q5_1),
+        GgmlDType::Q8_0 => tokens!(legacy, Q8_0),
+        GgmlDType::Q4K => tokens!(kquant, Q4K),
+        GgmlDType::Q5K => tokens!(kquant, Q5K),
+        GgmlDType::Q6K => tokens!(kquant, Q6K),
+        _ => return None,
+    })
+}
