@@ -88,5 +88,6 @@ pub enum BenchError {
 
 // TEMPORARY compile check until src/cli/mod.rs declares `mod bench;` — remove before hand-off.
 #[cfg(test)]
+#[allow(dead_code)]
 #[path = "../cli/bench.rs"]
 mod cli_check;

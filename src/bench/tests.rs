@@ -10,7 +10,10 @@ use std::time::Duration;
 use super::BenchError;
 use super::endpoint::{self, EndpointConfig, chat_completions_url, synthetic_prompt};
 
-const FIRST_DELAY: Duration = Duration::from_millis(60);
+/// Before the response headers (a server prefilling first) and after them (one that sends
+/// headers at once): time to first token counts both, from the moment the request is sent.
+const HEADER_DELAY: Duration = Duration::from_millis(30);
+const FIRST_DELAY: Duration = Duration::from_millis(30);
 const GAP: Duration = Duration::from_millis(5);
 const CHUNKS: usize = 5;
 /// The mock claims two tokens per text chunk in its usage chunk, so that tests can tell whether
@@ -99,6 +102,7 @@ fn serve(mut conn: TcpStream, n: usize) -> std::io::Result<()> {
     if let Some(r) = early {
         return conn.write_all(r.as_bytes());
     }
+    std::thread::sleep(HEADER_DELAY);
     conn.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n",
     )?;
@@ -176,7 +180,7 @@ fn endpoint_bench_times_the_mock_stream() {
         );
         let ttft = level.ttft_ms.unwrap();
         assert_eq!(ttft.count, 4);
-        let floor = FIRST_DELAY.as_secs_f64() * 1e3;
+        let floor = (HEADER_DELAY + FIRST_DELAY).as_secs_f64() * 1e3;
         assert!(
             ttft.p50 >= floor && ttft.mean >= floor,
             "TTFT below the mock's delay: {ttft:?}"

@@ -205,7 +205,7 @@ impl Sequence {
         if !self.req.ignore_eos && tok.is_eog(token) {
             self.finish = Some(FinishReason::Stop);
         } else {
-            let piece = if tok.is_special(token) { Vec::new() } else { tok.token_bytes(token) };
+            let piece = tok.visible_bytes(token);
             let fresh = self.utf8.push(&piece);
             match self.stop.push(&fresh) {
                 StopResult::Continue(t) => text = t,

@@ -141,8 +141,13 @@ impl Constraint {
     }
 
     /// Advances the grammar past a sampled token. A token the grammar rejects puts the parser
-    /// into an error state, after which only end-of-generation tokens are allowed.
+    /// into an error state, after which only end-of-generation tokens are allowed. An
+    /// end-of-generation token after the grammar finished is accepted and changes nothing.
     pub fn commit(&mut self, token: u32) -> Result<()> {
+        if self.matcher.is_stopped() && self.error().is_none() && self.eos.contains(&token) {
+            // A complete grammar already ended the output; an end token adds nothing.
+            return Ok(());
+        }
         self.matcher.consume_token(token).map_err(|e| invalid(self.param, e))?;
         self.accepting = self.matcher.is_accepting().unwrap_or(false);
         Ok(())

@@ -75,7 +75,7 @@ impl Act {
 }
 
 /// Most tokens one [`DotFn`] call handles.
-pub const MAX_TOKENS: usize = 4;
+pub const MAX_TOKENS: usize = 8;
 
 /// One weight row (bytes) · `out.len()` (1 to [`MAX_TOKENS`]) activation rows: `a` holds the
 /// rows in the matching [`Act`] format, `arow` bytes apart; `out[t] = w · a[t]`.

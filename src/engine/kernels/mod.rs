@@ -214,7 +214,9 @@ fn run_tiles(w: &QMatrix, act: &[u8], arow: usize, n: usize, out: &mut [f32], do
             }
         }
     };
-    if nr * nt == 1 {
+    // Below this much work (weight bytes × tokens) waking a worker costs more than it saves.
+    const INLINE_BYTES: usize = 48 << 10;
+    if nr * nt == 1 || w.data.len() * n < INLINE_BYTES {
         task(0)
     } else {
         pool::run(&task)

@@ -323,12 +323,15 @@ macro_rules! tokens {
             let d = GgmlDType::$dt;
             // SAFETY: same features; the kernels check the lengths.
             unsafe {
-                match out.len() {
-                    1 => $f::<1>(d, w, a, arow, out),
-                    2 => $f::<2>(d, w, a, arow, out),
-                    3 => $f::<3>(d, w, a, arow, out),
-                    4 => $f::<4>(d, w, a, arow, out),
-                    n => unreachable!("{n} tokens"),
+                // At most four tokens at a time: 16 `ymm` registers.
+                for (c, out) in out.chunks_mut(4).enumerate() {
+                    let a = &a[4 * c * arow..];
+                    match out.len() {
+                        1 => $f::<1>(d, w, a, arow, out),
+                        2 => $f::<2>(d, w, a, arow, out),
+                        3 => $f::<3>(d, w, a, arow, out),
+                        _ => $f::<4>(d, w, a, arow, out),
+                    }
                 }
             }
         }

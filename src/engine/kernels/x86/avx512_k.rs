@@ -4,7 +4,7 @@
 //! the signed activations gives 4-element sums that fit in 16 bits, so `vpdpwssd` multiplies
 //! them by the (sub-)block scales and accumulates in `i32` across the whole super-block. Offsets
 //! (`-32` for `Q6_K`, `-4` for `Q3_K`) and mins come from the activations' 16-element sums.
-//! One `f32` conversion per super-block and token; up to four tokens share each unpacking.
+//! One `f32` conversion per super-block and token; up to eight tokens share each unpacking.
 
 use super::super::blocks::BlockQ8K;
 use super::super::isa::DotFn;
@@ -165,7 +165,6 @@ unsafe fn k45<const T: usize, const QH: bool>(w: &[u8], a: &[u8], arow: usize, o
     assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * WB);
     assert!((a.as_ptr() as usize).is_multiple_of(64) && arow.is_multiple_of(64));
     let mut acc = [_mm512_setzero_ps(); T];
-    let mut accm = [_mm256_setzero_ps(); T];
     for i in 0..nb {
         let b = w[i * bytes..].as_ptr();
         // SAFETY: block `i` is inside `w`; offsets follow the GGUF layout.
@@ -208,19 +207,19 @@ unsafe fn k45<const T: usize, const QH: bool>(w: &[u8], a: &[u8], arow: usize, o
             // SAFETY: token `t`, block `i` inside `a`.
             let (x, bs) = unsafe { (xblock(a, arow, t, i), bsums(a, arow, t, i)) };
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_set1_ps(d * x.d), acc[t]);
-            let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins));
-            accm[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(dmin * x.d), accm[t]);
+            let m = _mm512_cvtepi32_ps(_mm512_zextsi256_si512(_mm256_madd_epi16(bs, mins)));
+            acc[t] = _mm512_fnmadd_ps(m, _mm512_set1_ps(dmin * x.d), acc[t]);
         }
     }
-    finish(&acc, &accm, out);
+    finish(&acc, out);
 }
 
-/// `out[t] = Σ acc[t] - Σ accm[t]`.
+/// `out[t] = Σ acc[t]`.
 #[inline]
-#[target_feature(enable = "avx512f,avx2")]
-fn finish<const T: usize>(acc: &[__m512; T], accm: &[__m256; T], out: &mut [f32]) {
+#[target_feature(enable = "avx512f")]
+fn finish<const T: usize>(acc: &[__m512; T], out: &mut [f32]) {
     for t in 0..T {
-        out[t] = _mm512_reduce_add_ps(_mm512_sub_ps(acc[t], _mm512_zextps256_ps512(accm[t])));
+        out[t] = _mm512_reduce_add_ps(acc[t]);
     }
 }
 
@@ -273,7 +272,7 @@ unsafe fn q6k<const T: usize>(w: &[u8], a: &[u8], arow: usize, out: &mut [f32]) 
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * x.d), acc[t]);
         }
     }
-    finish(&acc, &[_mm256_setzero_ps(); T], out);
+    finish(&acc, out);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
@@ -282,7 +281,6 @@ unsafe fn q2k<const T: usize>(w: &[u8], a: &[u8], arow: usize, out: &mut [f32]) 
     assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * WB);
     assert!((a.as_ptr() as usize).is_multiple_of(64) && arow.is_multiple_of(64));
     let mut acc = [_mm512_setzero_ps(); T];
-    let mut accm = [_mm256_setzero_ps(); T];
     for i in 0..nb {
         let b = w[i * 84..].as_ptr();
         // SAFETY: block `i` is inside `w`: scales at 0, `qs` at 16, `d` at 80, `dmin` at 82.
@@ -309,11 +307,11 @@ unsafe fn q2k<const T: usize>(w: &[u8], a: &[u8], arow: usize, out: &mut [f32]) 
             // SAFETY: token `t`, block `i` inside `a`.
             let (x, bs) = unsafe { (xblock(a, arow, t, i), bsums(a, arow, t, i)) };
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_set1_ps(d * x.d), acc[t]);
-            let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins));
-            accm[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(dmin * x.d), accm[t]);
+            let m = _mm512_cvtepi32_ps(_mm512_zextsi256_si512(_mm256_madd_epi16(bs, mins)));
+            acc[t] = _mm512_fnmadd_ps(m, _mm512_set1_ps(dmin * x.d), acc[t]);
         }
     }
-    finish(&acc, &accm, out);
+    finish(&acc, out);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
@@ -365,7 +363,7 @@ unsafe fn q3k<const T: usize>(w: &[u8], a: &[u8], arow: usize, out: &mut [f32]) 
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(d * x.d), acc[t]);
         }
     }
-    finish(&acc, &[_mm256_setzero_ps(); T], out);
+    finish(&acc, out);
 }
 
 /// Expands a kernel generic over the token count into a [`DotFn`].
@@ -380,6 +378,10 @@ macro_rules! tokens {
                     2 => $f::<2 $(, $extra)?>(w, a, arow, out),
                     3 => $f::<3 $(, $extra)?>(w, a, arow, out),
                     4 => $f::<4 $(, $extra)?>(w, a, arow, out),
+                    5 => $f::<5 $(, $extra)?>(w, a, arow, out),
+                    6 => $f::<6 $(, $extra)?>(w, a, arow, out),
+                    7 => $f::<7 $(, $extra)?>(w, a, arow, out),
+                    8 => $f::<8 $(, $extra)?>(w, a, arow, out),
                     n => unreachable!("{n} tokens"),
                 }
             }

@@ -4,7 +4,7 @@
 //! `vpermb` picks the bytes), in the element order of the [`BlockQ8x2`] activations, which
 //! hold `q + 128`. `vpdpbusd(bias, u, w)` with `bias = -128 Σ w` then yields the exact `Σ w q`
 //! per lane; lanes are scaled by `d_w d_x` in `f32`. The unpacked block pair is reused for up to
-//! four tokens.
+//! eight tokens.
 
 use super::super::blocks::BlockQ8x2;
 use super::super::isa::DotFn;
@@ -216,12 +216,13 @@ unsafe fn dot<F: Legacy, const T: usize>(w: &[u8], a: &[u8], arow: usize, out: &
     assert!(out.len() == T && a.len() >= (T - 1) * arow + pairs * 192);
     assert!((a.as_ptr() as usize).is_multiple_of(64) && arow.is_multiple_of(64));
     let mut acc = [_mm512_setzero_ps(); T];
-    let mut accm = [_mm512_setzero_ps(); T];
     let k128 = _mm512_set1_epi8(0x80u8 as i8);
     for p in 0..pairs {
         let two = 2 * p + 1 < nb;
         // SAFETY: block `2p` (and `2p + 1` if `two`) lie inside `w`.
         let (wv, dw, mw) = unsafe { F::unpack(w.as_ptr().add(2 * p * F::BYTES), two) };
+        // The min terms are repeated on 8 lanes per block.
+        let mw = _mm512_mul_ps(mw, _mm512_set1_ps(0.125));
         let bias = _mm512_sub_epi32(
             _mm512_setzero_si512(),
             _mm512_dpbusd_epi32(_mm512_setzero_si512(), k128, wv),
@@ -241,13 +242,12 @@ unsafe fn dot<F: Legacy, const T: usize>(w: &[u8], a: &[u8], arow: usize, out: &
             if F::MIN {
                 // SAFETY: as above.
                 let sx = unsafe { _mm512_load_ps(x.s.as_ptr()) };
-                accm[t] = _mm512_fmadd_ps(mw, sx, accm[t]);
+                acc[t] = _mm512_fmadd_ps(mw, sx, acc[t]);
             }
         }
     }
     for t in 0..T {
-        // The min terms are repeated on 8 lanes per block.
-        out[t] = _mm512_reduce_add_ps(_mm512_fmadd_ps(accm[t], _mm512_set1_ps(0.125), acc[t]));
+        out[t] = _mm512_reduce_add_ps(acc[t]);
     }
 }
 
@@ -262,6 +262,10 @@ unsafe fn tokens<F: Legacy>(w: &[u8], a: &[u8], arow: usize, out: &mut [f32]) {
             2 => dot::<F, 2>(w, a, arow, out),
             3 => dot::<F, 3>(w, a, arow, out),
             4 => dot::<F, 4>(w, a, arow, out),
+            5 => dot::<F, 5>(w, a, arow, out),
+            6 => dot::<F, 6>(w, a, arow, out),
+            7 => dot::<F, 7>(w, a, arow, out),
+            8 => dot::<F, 8>(w, a, arow, out),
             n => unreachable!("{n} tokens"),
         }
     }

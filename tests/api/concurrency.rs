@@ -1,0 +1,95 @@
+//! Concurrency: several clients at once are all served; a client that goes away has its
+//! generation cancelled; long prefills send SSE keep-alive comments.
+
+use std::time::{Duration, Instant};
+
+use axum::http::Method;
+use http_body_util::BodyExt;
+use serde_json::json;
+use tower::ServiceExt;
+
+use crate::common::*;
+use ward::api::router;
+use ward::engine::scheduler::SchedulerConfig;
+
+fn small() -> SchedulerConfig {
+    SchedulerConfig { kv_tokens: 8192, ..SchedulerConfig::default() }
+}
+
+async fn wait_idle(app: &App, within: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if app.running() == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+async fn wait_running(app: &App) {
+    let start = Instant::now();
+    while app.running() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the request never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_are_all_served() {
+    let app = app_with(small(), &[]);
+    let calls = (0..5).map(|i| post(&app, "/v1/chat/completions", &chat(&format!("Give me fact number {i} about DNS."), json!({"max_tokens": 8}))));
+    for r in futures::future::join_all(calls).await {
+        let v = r.ok_json();
+        assert!(v["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    }
+    assert!(wait_idle(&app, Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_mid_stream_cancels() {
+    let app = app_with(small(), &[]);
+    let body = json!({"prompt": "Here is a very long list of random words:", "max_tokens": 6000, "temperature": 1.5, "stream": true});
+    let resp = app.router.clone().oneshot(request(Method::POST, "/v1/completions", Some(&body), None)).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut body = resp.into_body();
+    let mut data_frames = 0;
+    while data_frames < 3 {
+        let frame = tokio::time::timeout(REQUEST_TIMEOUT, body.frame()).await.expect("frame timeout").expect("stream ended early").unwrap();
+        if frame.data_ref().is_some_and(|d| d.starts_with(b"data:")) {
+            data_frames += 1;
+        }
+    }
+    assert_eq!(app.running(), 1, "generating while the client reads");
+    drop(body);
+    assert!(wait_idle(&app, Duration::from_secs(2)).await, "dropping the stream cancels the generation");
+    let m = get(&app, "/metrics").await.body;
+    assert_eq!(metric(&m, "ward_running_sequences"), Some(0.0), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_while_waiting_cancels() {
+    // A non-streamed request whose client gives up.
+    let app = app_with(small(), &[]);
+    let body = chat("Write an endless story.", json!({"max_tokens": 6000, "temperature": 1.5}));
+    let router = app.router.clone();
+    let task = tokio::spawn(async move { router.oneshot(request(Method::POST, "/v1/chat/completions", Some(&body), None)).await });
+    wait_running(&app).await;
+    task.abort();
+    let _ = task.await;
+    assert!(wait_idle(&app, Duration::from_secs(2)).await, "an abandoned request is cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_during_long_prefill() {
+    let mut app = app_with(small(), &[]);
+    app.state.keep_alive = Duration::from_millis(10);
+    app.router = router(app.state.clone());
+    let long = "Log line: connection accepted from a host. ".repeat(300);
+    let resp = post(&app, "/v1/chat/completions", &chat(&long, json!({"max_tokens": 2, "stream": true}))).await;
+    assert_eq!(resp.status.as_u16(), 200, "{}", resp.body);
+    let first_comment = resp.body.lines().position(|l| l.starts_with(':')).expect("keep-alive comments during prefill");
+    let first_content = resp.body.lines().position(|l| l.contains("\"content\"") && !l.contains("\"role\"")).unwrap_or(usize::MAX);
+    assert!(first_comment < first_content, "comments come while the prompt is processed");
+    sse_events(&resp.body);
+}
