@@ -5,9 +5,15 @@
 #[path = "common/mod.rs"]
 mod common;
 
+#[path = "api/chat.rs"]
 mod chat;
+#[path = "api/chat_tools.rs"]
 mod chat_tools;
+#[path = "api/completions.rs"]
 mod completions;
+#[path = "api/concurrency.rs"]
 mod concurrency;
+#[path = "api/errors.rs"]
 mod errors;
+#[path = "api/misc.rs"]
 mod misc;

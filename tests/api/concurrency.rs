@@ -38,7 +38,8 @@ async fn wait_running(app: &App) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_are_all_served() {
     let app = app_with(small(), &[]);
-    let calls = (0..5).map(|i| post(&app, "/v1/chat/completions", &chat(&format!("Give me fact number {i} about DNS."), json!({"max_tokens": 8}))));
+    let bodies: Vec<_> = (0..5).map(|i| chat(&format!("Give me fact number {i} about DNS."), json!({"max_tokens": 8}))).collect();
+    let calls = bodies.iter().map(|b| post(&app, "/v1/chat/completions", b));
     for r in futures::future::join_all(calls).await {
         let v = r.ok_json();
         assert!(v["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
