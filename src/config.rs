@@ -70,21 +70,35 @@ pub struct Overrides {
 }
 
 fn list(v: &str) -> Vec<String> {
-    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 impl Config {
     /// Builds the configuration: defaults < file < environment < flags.
-    pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>, flags: &Overrides) -> anyhow::Result<Self> {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: &Overrides,
+    ) -> anyhow::Result<Self> {
         let mut c = match file {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
                 toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
             }
             None => Self::default(),
         };
         let num = |k: &str| -> anyhow::Result<Option<usize>> {
-            env(k).map(|v| v.parse::<usize>().map_err(|_| anyhow::anyhow!("{k} must be a number, got {v:?}"))).transpose()
+            env(k)
+                .map(|v| {
+                    v.parse::<usize>()
+                        .map_err(|_| anyhow::anyhow!("{k} must be a number, got {v:?}"))
+                })
+                .transpose()
         };
         if let Some(v) = env("WARD_HOST") {
             c.host = v;
@@ -116,7 +130,10 @@ impl Config {
         if !flags.api_keys.is_empty() {
             c.api_keys = flags.api_keys.clone();
         }
-        anyhow::ensure!(c.queue_capacity > 0 && c.max_running > 0 && c.kv_tokens > 0, "queue_capacity, max_running and kv_tokens must be positive");
+        anyhow::ensure!(
+            c.queue_capacity > 0 && c.max_running > 0 && c.kv_tokens > 0,
+            "queue_capacity, max_running and kv_tokens must be positive"
+        );
         Ok(c)
     }
 }
@@ -129,23 +146,41 @@ mod tests {
     fn precedence_file_env_flags() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("ward.toml");
-        std::fs::write(&f, "port = 9000\nhost = \"0.0.0.0\"\napi_keys = [\"file\"]\nmodels = [\"a\"]\n").unwrap();
+        std::fs::write(
+            &f,
+            "port = 9000\nhost = \"0.0.0.0\"\napi_keys = [\"file\"]\nmodels = [\"a\"]\n",
+        )
+        .unwrap();
         let env = |k: &str| match k {
             "WARD_API_KEYS" => Some("env1, env2".to_string()),
             "WARD_PORT" => Some("9100".to_string()),
             _ => None,
         };
         let c = Config::load(Some(&f), env, &Overrides::default()).unwrap();
-        assert_eq!((c.port, c.host.as_str(), c.models.clone()), (9100, "0.0.0.0", vec!["a".to_string()]));
+        assert_eq!(
+            (c.port, c.host.as_str(), c.models.clone()),
+            (9100, "0.0.0.0", vec!["a".to_string()])
+        );
         assert_eq!(c.api_keys, vec!["env1", "env2"]);
-        let flags = Overrides { port: Some(1), api_keys: vec!["flag".into()], ..Default::default() };
+        let flags = Overrides {
+            port: Some(1),
+            api_keys: vec!["flag".into()],
+            ..Default::default()
+        };
         let c = Config::load(Some(&f), env, &flags).unwrap();
         assert_eq!((c.port, c.api_keys.clone()), (1, vec!["flag".to_string()]));
     }
 
     #[test]
     fn bad_values_are_errors() {
-        assert!(Config::load(None, |k| (k == "WARD_PORT").then(|| "x".into()), &Overrides::default()).is_err());
+        assert!(
+            Config::load(
+                None,
+                |k| (k == "WARD_PORT").then(|| "x".into()),
+                &Overrides::default()
+            )
+            .is_err()
+        );
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("ward.toml");
         std::fs::write(&f, "prot = 1\n").unwrap();

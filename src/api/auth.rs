@@ -18,7 +18,10 @@ pub async fn require_key(State(state): State<AppState>, req: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .unwrap_or("");
     // Compare against every key, without an early exit, so timing reveals nothing.
@@ -38,9 +41,19 @@ pub async fn count_requests(State(state): State<AppState>, req: Request, next: N
     let route = req.uri().path().to_string();
     let known = matches!(
         route.as_str(),
-        "/v1/chat/completions" | "/v1/completions" | "/v1/models" | "/v1/embeddings" | "/tokenize" | "/detokenize" | "/health" | "/metrics" | "/openapi.json"
+        "/v1/chat/completions"
+            | "/v1/completions"
+            | "/v1/models"
+            | "/v1/embeddings"
+            | "/tokenize"
+            | "/detokenize"
+            | "/health"
+            | "/metrics"
+            | "/openapi.json"
     );
     let resp = next.run(req).await;
-    state.metrics.request(if known { &route } else { "other" }, resp.status().as_u16());
+    state
+        .metrics
+        .request(if known { &route } else { "other" }, resp.status().as_u16());
     resp
 }

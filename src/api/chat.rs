@@ -44,26 +44,57 @@ struct Plan {
 fn plan(req: &ChatCompletionRequest) -> Result<Plan, ApiError> {
     let valid = generation::validate(&req.sampling)?;
     if req.messages.is_empty() {
-        return Err(ApiError::invalid("messages", "`messages` must not be empty"));
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must not be empty",
+        ));
     }
     let messages = req
         .messages
         .iter()
         .enumerate()
-        .map(|(i, m)| serde_json::from_value::<ChatMessage>(m.clone()).map_err(|e| ApiError::invalid("messages", format!("messages[{i}]: {e}"))))
+        .map(|(i, m)| {
+            serde_json::from_value::<ChatMessage>(m.clone())
+                .map_err(|e| ApiError::invalid("messages", format!("messages[{i}]: {e}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let logprobs = match (req.logprobs, req.top_logprobs) {
-        (_, Some(k)) if !(0..=20).contains(&k) => return Err(ApiError::invalid("top_logprobs", "`top_logprobs` must be between 0 and 20")),
+        (_, Some(k)) if !(0..=20).contains(&k) => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "`top_logprobs` must be between 0 and 20",
+            ));
+        }
         (true, k) => Some(k.unwrap_or(0) as usize),
-        (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "`top_logprobs` requires `logprobs: true`")),
+        (false, Some(_)) => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "`top_logprobs` requires `logprobs: true`",
+            ));
+        }
         (false, None) => None,
     };
-    let tools: Vec<Value> = req.tools.iter().flatten().map(|t| serde_json::to_value(t).unwrap_or(Value::Null)).collect();
-    let names: Vec<String> = req.tools.iter().flatten().map(|t| t.function.name.clone()).collect();
+    let tools: Vec<Value> = req
+        .tools
+        .iter()
+        .flatten()
+        .map(|t| serde_json::to_value(t).unwrap_or(Value::Null))
+        .collect();
+    let names: Vec<String> = req
+        .tools
+        .iter()
+        .flatten()
+        .map(|t| t.function.name.clone())
+        .collect();
     let mode = match &req.tool_choice {
         _ if tools.is_empty() => {
-            if matches!(&req.tool_choice, Some(Value::String(s)) if s == "required") || matches!(&req.tool_choice, Some(Value::Object(_))) {
-                return Err(ApiError::invalid("tool_choice", "`tool_choice` needs `tools`"));
+            if matches!(&req.tool_choice, Some(Value::String(s)) if s == "required")
+                || matches!(&req.tool_choice, Some(Value::Object(_)))
+            {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    "`tool_choice` needs `tools`",
+                ));
             }
             ToolMode::Off
         }
@@ -72,12 +103,29 @@ fn plan(req: &ChatCompletionRequest) -> Result<Plan, ApiError> {
             "auto" => ToolMode::Auto,
             "none" => ToolMode::Off,
             "required" => ToolMode::Forced(names.clone()),
-            other => return Err(ApiError::invalid("tool_choice", format!("unknown tool_choice `{other}`"))),
+            other => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!("unknown tool_choice `{other}`"),
+                ));
+            }
         },
         Some(Value::Object(o)) => {
-            let name = o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str).ok_or_else(|| ApiError::invalid("tool_choice", "expected {\"type\":\"function\",\"function\":{\"name\":...}}"))?;
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "tool_choice",
+                        "expected {\"type\":\"function\",\"function\":{\"name\":...}}",
+                    )
+                })?;
             if !names.iter().any(|n| n == name) {
-                return Err(ApiError::invalid("tool_choice", format!("no tool named `{name}`")));
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!("no tool named `{name}`"),
+                ));
             }
             ToolMode::Forced(vec![name.to_string()])
         }
@@ -86,39 +134,69 @@ fn plan(req: &ChatCompletionRequest) -> Result<Plan, ApiError> {
     let parallel = req.parallel_tool_calls.unwrap_or(true);
     let constraint = match (&mode, &req.response_format) {
         (ToolMode::Forced(chosen), _) => {
-            let funcs: Vec<(String, Option<Value>)> = req.tools.iter().flatten().filter(|t| chosen.contains(&t.function.name)).map(|t| (t.function.name.clone(), t.function.parameters.clone())).collect();
-            Some(ConstraintSpec::Lark(tools::forced_call_grammar(&funcs, parallel)))
+            let funcs: Vec<(String, Option<Value>)> = req
+                .tools
+                .iter()
+                .flatten()
+                .filter(|t| chosen.contains(&t.function.name))
+                .map(|t| (t.function.name.clone(), t.function.parameters.clone()))
+                .collect();
+            Some(ConstraintSpec::Lark(tools::forced_call_grammar(
+                &funcs, parallel,
+            )))
         }
         (_, Some(ResponseFormat::JsonObject)) => Some(ConstraintSpec::JsonObject),
         (_, Some(ResponseFormat::JsonSchema { json_schema })) => {
             if !json_schema.schema.is_object() {
-                return Err(ApiError::invalid("response_format", "`json_schema.schema` must be an object"));
+                return Err(ApiError::invalid(
+                    "response_format",
+                    "`json_schema.schema` must be an object",
+                ));
             }
-            Some(ConstraintSpec::JsonSchema { schema: json_schema.schema.clone(), strict: json_schema.strict.unwrap_or(true) })
+            Some(ConstraintSpec::JsonSchema {
+                schema: json_schema.schema.clone(),
+                strict: json_schema.strict.unwrap_or(true),
+            })
         }
         _ => None,
     };
-    Ok(Plan { valid, messages, tools, mode, parallel, logprobs, constraint })
+    Ok(Plan {
+        valid,
+        messages,
+        tools,
+        mode,
+        parallel,
+        logprobs,
+        constraint,
+    })
 }
 
 /// The handler.
 #[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatCompletionRequest,
     responses((status = 200, description = "A chat completion, or an SSE stream of chunks"), (status = 400, body = super::error::ErrorBody),
         (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
-pub async fn chat_completions(State(state): State<AppState>, Json(req): Json<ChatCompletionRequest>) -> Result<Response, ApiError> {
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    Json(req): Json<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
     let plan = plan(&req)?;
     let model = generation::find_model(&state, req.model.as_deref())?;
     let prompt = {
         let (m, msgs) = (model.clone(), plan.messages.clone());
         let tools = (plan.mode != ToolMode::Off).then(|| plan.tools.clone());
-        tokio::task::spawn_blocking(move || chat_service::chat_prompt(&m.loaded, &msgs, tools.as_deref()))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??
+        tokio::task::spawn_blocking(move || {
+            chat_service::chat_prompt(&m.loaded, &msgs, tools.as_deref())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
     };
     let bound = match &plan.constraint {
         Some(spec) => {
             let env = model.constraint_env().map_err(ApiError::Internal)?;
-            Some(BoundConstraint { spec: spec.clone(), env })
+            Some(BoundConstraint {
+                spec: spec.clone(),
+                env,
+            })
         }
         None => None,
     };
@@ -170,10 +248,20 @@ fn tool_calls_json(calls: &[tools::ParsedCall]) -> Vec<Value> {
 
 fn choice_json(model: &ServedModel, plan: &Plan, index: usize, c: Collected) -> Value {
     let finish = c.finish.map(|f| f.as_str()).unwrap_or("stop");
-    let (content, calls) = if plan.mode == ToolMode::Off { (c.text.clone(), Vec::new()) } else { tools::parse_calls(&c.text) };
-    let calls = if plan.parallel { calls } else { calls.into_iter().take(1).collect() };
+    let (content, calls) = if plan.mode == ToolMode::Off {
+        (c.text.clone(), Vec::new())
+    } else {
+        tools::parse_calls(&c.text)
+    };
+    let calls = if plan.parallel {
+        calls
+    } else {
+        calls.into_iter().take(1).collect()
+    };
     let mut message = json!({"role": "assistant", "content": if calls.is_empty() { Value::String(content) } else if content.is_empty() { Value::Null } else { Value::String(content) }});
-    let finish = if calls.is_empty() { finish } else {
+    let finish = if calls.is_empty() {
+        finish
+    } else {
         message["tool_calls"] = Value::Array(tool_calls_json(&calls));
         "tool_calls"
     };
@@ -205,12 +293,23 @@ struct ChoiceState {
     done: bool,
 }
 
-fn stream(state: AppState, model: std::sync::Arc<ServedModel>, plan: Plan, receivers: Vec<tokio::sync::mpsc::UnboundedReceiver<SeqEvent>>, id: String) -> impl IntoResponse {
+fn stream(
+    state: AppState,
+    model: std::sync::Arc<ServedModel>,
+    plan: Plan,
+    receivers: Vec<tokio::sync::mpsc::UnboundedReceiver<SeqEvent>>,
+    id: String,
+) -> impl IntoResponse {
     let created = generation::unix_now();
     let n = receivers.len();
     let keep_alive = state.keep_alive;
     let include_usage = plan.valid.include_usage;
-    let merged = futures::stream::select_all(receivers.into_iter().enumerate().map(|(i, rx)| UnboundedReceiverStream::new(rx).map(move |ev| (i, ev))));
+    let merged = futures::stream::select_all(
+        receivers
+            .into_iter()
+            .enumerate()
+            .map(|(i, rx)| UnboundedReceiverStream::new(rx).map(move |ev| (i, ev))),
+    );
     let chunk = {
         let (id, name) = (id.clone(), model.name.clone());
         move |choices: Value, usage: Option<Value>| {
@@ -225,7 +324,16 @@ fn stream(state: AppState, model: std::sync::Arc<ServedModel>, plan: Plan, recei
         .map(|i| Ok(chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None)))
         .collect();
     let tools_on = plan.mode != ToolMode::Off;
-    let mut states: Vec<ChoiceState> = (0..n).map(|_| ChoiceState { held: String::new(), holding: tools_on, timer: Timer::new(), tokens: 0, prompt: 0, done: false }).collect();
+    let mut states: Vec<ChoiceState> = (0..n)
+        .map(|_| ChoiceState {
+            held: String::new(),
+            holding: tools_on,
+            timer: Timer::new(),
+            tokens: 0,
+            prompt: 0,
+            done: false,
+        })
+        .collect();
     let body = merged.map(move |(i, ev)| {
         let mut out = Vec::new();
         let s = &mut states[i];
@@ -289,7 +397,8 @@ fn stream(state: AppState, model: std::sync::Arc<ServedModel>, plan: Plan, recei
         out
     })
     .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok::<_, Infallible>)));
-    Sse::new(futures::stream::iter(first).chain(body)).keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
+    Sse::new(futures::stream::iter(first).chain(body))
+        .keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
 }
 
 /// Splits JSON argument text into a few fragments, as streamed deltas.

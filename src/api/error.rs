@@ -74,23 +74,58 @@ pub struct ErrorDetail {
 impl ApiError {
     /// A 400 for a named parameter.
     pub fn invalid(param: &str, message: impl Into<String>) -> Self {
-        Self::InvalidRequest { message: message.into(), param: Some(param.to_string()) }
+        Self::InvalidRequest {
+            message: message.into(),
+            param: Some(param.to_string()),
+        }
     }
 
     /// Status, type and code: the table.
     fn table(&self) -> (StatusCode, &'static str, Option<&'static str>) {
         use StatusCode as S;
         match self {
-            Self::InvalidRequest { .. } => (S::BAD_REQUEST, "invalid_request_error", Some("invalid_value")),
-            Self::BadJson(_) => (S::BAD_REQUEST, "invalid_request_error", Some("invalid_json")),
-            Self::ContextLength(_) => (S::BAD_REQUEST, "invalid_request_error", Some("context_length_exceeded")),
-            Self::Unauthorized => (S::UNAUTHORIZED, "authentication_error", Some("invalid_api_key")),
-            Self::ModelNotFound(_) => (S::NOT_FOUND, "invalid_request_error", Some("model_not_found")),
+            Self::InvalidRequest { .. } => (
+                S::BAD_REQUEST,
+                "invalid_request_error",
+                Some("invalid_value"),
+            ),
+            Self::BadJson(_) => (
+                S::BAD_REQUEST,
+                "invalid_request_error",
+                Some("invalid_json"),
+            ),
+            Self::ContextLength(_) => (
+                S::BAD_REQUEST,
+                "invalid_request_error",
+                Some("context_length_exceeded"),
+            ),
+            Self::Unauthorized => (
+                S::UNAUTHORIZED,
+                "authentication_error",
+                Some("invalid_api_key"),
+            ),
+            Self::ModelNotFound(_) => (
+                S::NOT_FOUND,
+                "invalid_request_error",
+                Some("model_not_found"),
+            ),
             Self::NotFound(_) => (S::NOT_FOUND, "invalid_request_error", Some("not_found")),
-            Self::PayloadTooLarge(_) => (S::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("payload_too_large")),
+            Self::PayloadTooLarge(_) => (
+                S::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("payload_too_large"),
+            ),
             Self::QueueFull => (S::TOO_MANY_REQUESTS, "rate_limit_error", Some("queue_full")),
-            Self::Loading => (S::SERVICE_UNAVAILABLE, "server_error", Some("model_loading")),
-            Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, "server_error", Some("internal_error")),
+            Self::Loading => (
+                S::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("model_loading"),
+            ),
+            Self::Internal(_) => (
+                S::INTERNAL_SERVER_ERROR,
+                "server_error",
+                Some("internal_error"),
+            ),
         }
     }
 
@@ -111,7 +146,14 @@ impl ApiError {
             Self::ModelNotFound(_) => Some("model".to_string()),
             _ => None,
         };
-        ErrorBody { error: ErrorDetail { message: self.to_string(), kind, param, code } }
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.to_string(),
+                kind,
+                param,
+                code,
+            },
+        }
     }
 }
 
@@ -119,8 +161,14 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::ContextOverflow { .. } => Self::ContextLength(e.to_string()),
-            EngineError::InvalidParameter { param, .. } => Self::InvalidRequest { message: e.to_string(), param: Some(param.to_string()) },
-            EngineError::Template(_) | EngineError::Tokenizer(_) => Self::InvalidRequest { message: e.to_string(), param: Some("messages".into()) },
+            EngineError::InvalidParameter { param, .. } => Self::InvalidRequest {
+                message: e.to_string(),
+                param: Some(param.to_string()),
+            },
+            EngineError::Template(_) | EngineError::Tokenizer(_) => Self::InvalidRequest {
+                message: e.to_string(),
+                param: Some("messages".into()),
+            },
             other => Self::Internal(other.to_string()),
         }
     }
@@ -138,7 +186,9 @@ impl From<SubmitError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
-            JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge(crate::api::BODY_LIMIT),
+            JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::PayloadTooLarge(crate::api::BODY_LIMIT)
+            }
             other => Self::BadJson(other.body_text()),
         }
     }
@@ -149,7 +199,8 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let mut resp = (status, axum::Json(self.body())).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }

@@ -29,20 +29,31 @@ fn range(param: &str, v: Option<f32>, lo: f32, hi: f32, default: f32) -> Result<
     match v {
         None => Ok(default),
         Some(x) if x.is_finite() && x >= lo && x <= hi => Ok(x),
-        Some(x) => Err(ApiError::invalid(param, format!("`{param}` must be between {lo} and {hi}, got {x}"))),
+        Some(x) => Err(ApiError::invalid(
+            param,
+            format!("`{param}` must be between {lo} and {hi}, got {x}"),
+        )),
     }
 }
 
 /// Validates the shared fields (parse, don't validate: deeper layers get engine types).
 pub fn validate(f: &SamplingFields) -> Result<Valid, ApiError> {
     let max_tokens = match (f.max_completion_tokens, f.max_tokens) {
-        (Some(v), _) | (None, Some(v)) if v < 0 => return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be non-negative, got {v}"))),
+        (Some(v), _) | (None, Some(v)) if v < 0 => {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                format!("`max_tokens` must be non-negative, got {v}"),
+            ));
+        }
         (Some(v), _) | (None, Some(v)) => Some(v as usize),
         (None, None) => None,
     };
     let n = f.n.unwrap_or(1);
     if !(1..=16).contains(&n) {
-        return Err(ApiError::invalid("n", format!("`n` must be between 1 and 16, got {n}")));
+        return Err(ApiError::invalid(
+            "n",
+            format!("`n` must be between 1 and 16, got {n}"),
+        ));
     }
     let top_k = f.top_k.unwrap_or(0);
     if top_k < 0 {
@@ -83,12 +94,20 @@ pub fn find_model(state: &AppState, name: Option<&str>) -> Result<Arc<ServedMode
         Some(Slot::Ready(m)) => Ok(m),
         Some(Slot::Loading) => Err(ApiError::Loading),
         Some(Slot::Failed(e)) => Err(ApiError::Internal(format!("model failed to load: {e}"))),
-        None => Err(ApiError::ModelNotFound(name.unwrap_or_default().to_string())),
+        None => Err(ApiError::ModelNotFound(
+            name.unwrap_or_default().to_string(),
+        )),
     }
 }
 
 /// Builds the engine request for one choice, refusing prompts that do not fit.
-pub fn request(model: &ServedModel, prompt: Vec<u32>, v: &Valid, choice: usize, logprobs: Option<usize>) -> Result<GenerationRequest, ApiError> {
+pub fn request(
+    model: &ServedModel,
+    prompt: Vec<u32>,
+    v: &Valid,
+    choice: usize,
+    logprobs: Option<usize>,
+) -> Result<GenerationRequest, ApiError> {
     let ctx = model.loaded.context_length();
     let max_tokens = match v.max_tokens {
         Some(m) => m,
@@ -105,10 +124,17 @@ pub fn request(model: &ServedModel, prompt: Vec<u32>, v: &Valid, choice: usize, 
 }
 
 /// Submits every request; a full queue refuses the whole call.
-pub fn submit_all(state: &AppState, model: &ServedModel, reqs: Vec<GenerationRequest>) -> Result<Vec<UnboundedReceiver<SeqEvent>>, ApiError> {
+pub fn submit_all(
+    state: &AppState,
+    model: &ServedModel,
+    reqs: Vec<GenerationRequest>,
+) -> Result<Vec<UnboundedReceiver<SeqEvent>>, ApiError> {
     let mut out = Vec::with_capacity(reqs.len());
     for r in reqs {
-        state.metrics.prompt_tokens.fetch_add(r.prompt.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        state
+            .metrics
+            .prompt_tokens
+            .fetch_add(r.prompt.len() as u64, std::sync::atomic::Ordering::Relaxed);
         out.push(model.scheduler.submit(r)?);
     }
     Ok(out)
@@ -133,7 +159,10 @@ pub struct Timer {
 impl Timer {
     /// Starts timing a request.
     pub fn new() -> Self {
-        Self { start: Instant::now(), last: None }
+        Self {
+            start: Instant::now(),
+            last: None,
+        }
     }
 
     /// Records a token.
@@ -144,12 +173,18 @@ impl Timer {
             Some(prev) => state.metrics.itl.observe((now - prev).as_secs_f64()),
         }
         self.last = Some(now);
-        state.metrics.generated_tokens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        state
+            .metrics
+            .generated_tokens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 /// Waits for a choice to finish.
-pub async fn collect(state: &AppState, mut rx: UnboundedReceiver<SeqEvent>) -> Result<Collected, ApiError> {
+pub async fn collect(
+    state: &AppState,
+    mut rx: UnboundedReceiver<SeqEvent>,
+) -> Result<Collected, ApiError> {
     let mut c = Collected::default();
     let mut timer = Timer::new();
     while let Some(ev) = rx.recv().await {
@@ -170,7 +205,9 @@ pub async fn collect(state: &AppState, mut rx: UnboundedReceiver<SeqEvent>) -> R
             SeqEvent::Error(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::Internal("the inference worker dropped the request".into()))
+    Err(ApiError::Internal(
+        "the inference worker dropped the request".into(),
+    ))
 }
 
 /// Text of a token as clients see it.
@@ -180,10 +217,17 @@ pub fn token_text(model: &ServedModel, id: u32) -> String {
 
 /// A unique id with a prefix.
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}-{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>())
+    format!(
+        "{prefix}-{:016x}{:08x}",
+        rand::random::<u64>(),
+        rand::random::<u32>()
+    )
 }
 
 /// Seconds since the epoch.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -6,7 +6,9 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+const BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
 
 /// A fixed-bucket histogram of seconds.
 #[derive(Default)]
@@ -25,17 +27,26 @@ impl Histogram {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
 
     fn render(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", self.counts[i].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                self.counts[i].load(Ordering::Relaxed)
+            );
         }
         let n = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count {n}");
     }
 }
@@ -68,15 +79,40 @@ impl Metrics {
         out.push_str("# HELP ward_requests_total HTTP requests by route and status.\n# TYPE ward_requests_total counter\n");
         if let Ok(m) = self.requests.lock() {
             for ((route, status), n) in m.iter() {
-                let _ = writeln!(out, "ward_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "ward_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
             }
         }
-        let _ = writeln!(out, "# HELP ward_queue_depth Requests waiting for the engine.\n# TYPE ward_queue_depth gauge\nward_queue_depth {queue_depth}");
-        let _ = writeln!(out, "# HELP ward_running_sequences Sequences being generated.\n# TYPE ward_running_sequences gauge\nward_running_sequences {running}");
-        self.ttft.render("ward_time_to_first_token_seconds", "Time from request to first generated token.", &mut out);
-        self.itl.render("ward_inter_token_latency_seconds", "Time between consecutive generated tokens.", &mut out);
-        let _ = writeln!(out, "# HELP ward_prompt_tokens_total Prompt tokens processed.\n# TYPE ward_prompt_tokens_total counter\nward_prompt_tokens_total {}", self.prompt_tokens.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP ward_generated_tokens_total Tokens generated.\n# TYPE ward_generated_tokens_total counter\nward_generated_tokens_total {}", self.generated_tokens.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP ward_queue_depth Requests waiting for the engine.\n# TYPE ward_queue_depth gauge\nward_queue_depth {queue_depth}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ward_running_sequences Sequences being generated.\n# TYPE ward_running_sequences gauge\nward_running_sequences {running}"
+        );
+        self.ttft.render(
+            "ward_time_to_first_token_seconds",
+            "Time from request to first generated token.",
+            &mut out,
+        );
+        self.itl.render(
+            "ward_inter_token_latency_seconds",
+            "Time between consecutive generated tokens.",
+            &mut out,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ward_prompt_tokens_total Prompt tokens processed.\n# TYPE ward_prompt_tokens_total counter\nward_prompt_tokens_total {}",
+            self.prompt_tokens.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ward_generated_tokens_total Tokens generated.\n# TYPE ward_generated_tokens_total counter\nward_generated_tokens_total {}",
+            self.generated_tokens.load(Ordering::Relaxed)
+        );
         out
     }
 }

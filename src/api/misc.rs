@@ -35,25 +35,40 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
 /// `POST /v1/embeddings`: L2-normalised vectors.
 #[utoipa::path(post, path = "/v1/embeddings", request_body = EmbeddingRequest,
     responses((status = 200, description = "Embeddings"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn embeddings(State(state): State<AppState>, Json(req): Json<EmbeddingRequest>) -> Result<Json<Value>, ApiError> {
+pub async fn embeddings(
+    State(state): State<AppState>,
+    Json(req): Json<EmbeddingRequest>,
+) -> Result<Json<Value>, ApiError> {
     let name = state.registry.embedding_name.clone();
     if let Some(m) = req.model.as_deref().filter(|m| *m != name) {
         return Err(ApiError::ModelNotFound(m.to_string()));
     }
     if req.encoding_format.as_deref().is_some_and(|f| f != "float") {
-        return Err(ApiError::invalid("encoding_format", "only `float` is supported"));
+        return Err(ApiError::invalid(
+            "encoding_format",
+            "only `float` is supported",
+        ));
     }
     let embedder = match state.registry.embedder() {
         None => return Err(ApiError::Loading),
-        Some(Err(e)) => return Err(ApiError::Internal(format!("embedding model unavailable: {e}"))),
+        Some(Err(e)) => {
+            return Err(ApiError::Internal(format!(
+                "embedding model unavailable: {e}"
+            )));
+        }
         Some(Ok(e)) => e,
     };
     let (vectors, tokens) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         Ok(match req.input {
             EmbeddingInput::Text(t) => embed_texts(&embedder, vec![t])?,
-            EmbeddingInput::Texts(ts) if ts.is_empty() => return Err(ApiError::invalid("input", "`input` must not be empty")),
+            EmbeddingInput::Texts(ts) if ts.is_empty() => {
+                return Err(ApiError::invalid("input", "`input` must not be empty"));
+            }
             EmbeddingInput::Texts(ts) => embed_texts(&embedder, ts)?,
-            EmbeddingInput::Tokens(ids) => (embedder.embed_tokens(std::slice::from_ref(&ids))?, ids.len()),
+            EmbeddingInput::Tokens(ids) => (
+                embedder.embed_tokens(std::slice::from_ref(&ids))?,
+                ids.len(),
+            ),
             EmbeddingInput::TokenLists(l) => {
                 let n = l.iter().map(Vec::len).sum();
                 (embedder.embed_tokens(&l)?, n)
@@ -62,11 +77,20 @@ pub async fn embeddings(State(state): State<AppState>, Json(req): Json<Embedding
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let data: Vec<Value> = vectors.into_iter().enumerate().map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v})).collect();
-    Ok(Json(json!({"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})))
+    let data: Vec<Value> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+        .collect();
+    Ok(Json(
+        json!({"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+    ))
 }
 
-fn embed_texts(e: &crate::engine::embed::Embedder, texts: Vec<String>) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+fn embed_texts(
+    e: &crate::engine::embed::Embedder,
+    texts: Vec<String>,
+) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
     let mut tokens = 0;
     for t in &texts {
         tokens += e.count_tokens(t)?;
@@ -76,9 +100,15 @@ fn embed_texts(e: &crate::engine::embed::Embedder, texts: Vec<String>) -> Result
 
 /// `POST /tokenize` (llama.cpp's shape).
 #[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequest, responses((status = 200, description = "Token ids")))]
-pub async fn tokenize(State(state): State<AppState>, Json(req): Json<TokenizeRequest>) -> Result<Json<Value>, ApiError> {
+pub async fn tokenize(
+    State(state): State<AppState>,
+    Json(req): Json<TokenizeRequest>,
+) -> Result<Json<Value>, ApiError> {
     let model = generation::find_model(&state, req.model.as_deref())?;
-    let ids = model.loaded.tokenizer.encode(&req.content, req.add_special, true);
+    let ids = model
+        .loaded
+        .tokenizer
+        .encode(&req.content, req.add_special, true);
     if req.with_pieces {
         let tokens: Vec<Value> = ids
             .iter()
@@ -97,13 +127,21 @@ pub async fn tokenize(State(state): State<AppState>, Json(req): Json<TokenizeReq
 
 /// `POST /detokenize` (llama.cpp's shape).
 #[utoipa::path(post, path = "/detokenize", request_body = DetokenizeRequest, responses((status = 200, description = "Text")))]
-pub async fn detokenize(State(state): State<AppState>, Json(req): Json<DetokenizeRequest>) -> Result<Json<Value>, ApiError> {
+pub async fn detokenize(
+    State(state): State<AppState>,
+    Json(req): Json<DetokenizeRequest>,
+) -> Result<Json<Value>, ApiError> {
     let model = generation::find_model(&state, req.model.as_deref())?;
     let vocab = model.loaded.tokenizer.vocab_size() as u32;
     if let Some(bad) = req.tokens.iter().find(|&&t| t >= vocab) {
-        return Err(ApiError::invalid("tokens", format!("token id {bad} is outside the vocabulary ({vocab} tokens)")));
+        return Err(ApiError::invalid(
+            "tokens",
+            format!("token id {bad} is outside the vocabulary ({vocab} tokens)"),
+        ));
     }
-    Ok(Json(json!({"content": model.loaded.tokenizer.decode(&req.tokens, false)})))
+    Ok(Json(
+        json!({"content": model.loaded.tokenizer.decode(&req.tokens, false)}),
+    ))
 }
 
 /// `GET /health`: 200 `{"status":"ok"}` when every model is ready, 503 `loading` before.
@@ -123,10 +161,18 @@ pub async fn health(State(state): State<AppState>) -> Response {
         .collect::<serde_json::Map<_, _>>()
         .into();
     if slots.iter().any(|(_, s)| matches!(s, Slot::Loading)) {
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "loading", "models": models}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "loading", "models": models})),
+        )
+            .into_response();
     }
     if slots.iter().any(|(_, s)| matches!(s, Slot::Failed(_))) {
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "error", "models": models}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "error", "models": models})),
+        )
+            .into_response();
     }
     axum::Json(json!({"status": "ok", "models": models})).into_response()
 }
@@ -141,7 +187,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             running += m.scheduler.running();
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(depth, running)).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(depth, running),
+    )
+        .into_response()
 }
 
 /// Unknown routes: OpenAI-shaped 404.

@@ -59,14 +59,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(misc::embeddings))
         .route("/tokenize", post(misc::tokenize))
         .route("/detokenize", post(misc::detokenize))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
     Router::new()
         .merge(v1)
         .route("/health", get(misc::health))
         .route("/metrics", get(misc::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(misc::not_found)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::count_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::count_requests,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

@@ -9,7 +9,10 @@ use super::types::*;
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "ward", description = "OpenAI-compatible API of ward, a private LLM appliance for security operations."),
+    info(
+        title = "ward",
+        description = "OpenAI-compatible API of ward, a private LLM appliance for security operations."
+    ),
     paths(
         super::chat::chat_completions,
         super::completions::completions,
@@ -20,7 +23,24 @@ use super::types::*;
         super::misc::health,
         super::misc::metrics
     ),
-    components(schemas(ErrorBody, ErrorDetail, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, TokenizeRequest, DetokenizeRequest, Tool, FunctionDef, ResponseFormat, JsonSchemaFormat, StopSpec, StreamOptions, PromptSpec, EmbeddingInput, SamplingFields))
+    components(schemas(
+        ErrorBody,
+        ErrorDetail,
+        ChatCompletionRequest,
+        CompletionRequest,
+        EmbeddingRequest,
+        TokenizeRequest,
+        DetokenizeRequest,
+        Tool,
+        FunctionDef,
+        ResponseFormat,
+        JsonSchemaFormat,
+        StopSpec,
+        StreamOptions,
+        PromptSpec,
+        EmbeddingInput,
+        SamplingFields
+    ))
 )]
 pub struct ApiDoc;
 

@@ -85,7 +85,11 @@ fn message(role: &str, text: String) -> ChatMessage {
 /// `ward chat`: a read-eval-print loop over the model's chat template.
 pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
     let m = open(&a.model)?;
-    let mut history: Vec<ChatMessage> = a.system.iter().map(|s| message("system", s.clone())).collect();
+    let mut history: Vec<ChatMessage> = a
+        .system
+        .iter()
+        .map(|s| message("system", s.clone()))
+        .collect();
     let ctx = m.context_length();
     let mut pool = m.model.new_pool(ctx);
     let stdin = std::io::stdin();
@@ -121,7 +125,9 @@ pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
 pub fn tokenize(a: TokenizeArgs) -> anyhow::Result<()> {
     let text = match (&a.text, &a.text_file) {
         (Some(t), _) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
         (None, None) => anyhow::bail!("give --text or --text-file"),
     };
     let path = model_path(&a.model)?;

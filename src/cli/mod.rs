@@ -120,7 +120,11 @@ pub struct TokenizeArgs {
     #[command(flatten)]
     pub model: ModelArg,
     /// Text to tokenize.
-    #[arg(long, conflicts_with = "text_file", required_unless_present = "text_file")]
+    #[arg(
+        long,
+        conflicts_with = "text_file",
+        required_unless_present = "text_file"
+    )]
     pub text: Option<String>,
     /// File whose contents to tokenize.
     #[arg(long)]

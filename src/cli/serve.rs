@@ -30,13 +30,24 @@ pub struct ServeArgs {
 
 /// Runs the server until Ctrl-C.
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
-    let flags = Overrides { host: a.host, port: a.port, models: a.models, api_keys: a.api_keys };
+    let flags = Overrides {
+        host: a.host,
+        port: a.port,
+        models: a.models,
+        api_keys: a.api_keys,
+    };
     let mut cfg = Config::load(a.config.as_deref(), |k| std::env::var(k).ok(), &flags)?;
     if cfg.models.is_empty() {
-        cfg.models.push(crate::catalog::default_model()?.to_string());
+        cfg.models
+            .push(crate::catalog::default_model()?.to_string());
     }
     let registry = Registry::new(&cfg.models, &cfg.embedding_model);
-    let sched = SchedulerConfig { queue_capacity: cfg.queue_capacity, max_running: cfg.max_running, kv_tokens: cfg.kv_tokens, ..SchedulerConfig::default() };
+    let sched = SchedulerConfig {
+        queue_capacity: cfg.queue_capacity,
+        max_running: cfg.max_running,
+        kv_tokens: cfg.kv_tokens,
+        ..SchedulerConfig::default()
+    };
     let embedding = cfg.embedding_model.clone();
     registry.load_all(
         move |name: &str| {
@@ -52,11 +63,19 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         sched,
     );
     let state = AppState::new(registry, cfg.api_keys.clone());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let addr = format!("{}:{}", cfg.host, cfg.port);
-        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        eprintln!("ward listening on http://{addr} (models: {}; auth: {})", cfg.models.join(", "), if cfg.api_keys.is_empty() { "off" } else { "on" });
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        eprintln!(
+            "ward listening on http://{addr} (models: {}; auth: {})",
+            cfg.models.join(", "),
+            if cfg.api_keys.is_empty() { "off" } else { "on" }
+        );
         axum::serve(listener, api::router(state))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -185,7 +185,10 @@ impl Sequence {
         if let Some(c) = &mut self.constraint {
             c.mask(logits);
         }
-        let history = &self.tokens[self.tokens.len().saturating_sub(self.req.sampling.penalty_last_n)..];
+        let history = &self.tokens[self
+            .tokens
+            .len()
+            .saturating_sub(self.req.sampling.penalty_last_n)..];
         let mut token = self.sampler.sample(logits, history);
         if self.constraint.is_some() && logits.get(token as usize) == Some(&f32::NEG_INFINITY) {
             // Rounding in the sampler's draw can land on a zero-weight candidate.

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file::{Content, Value};
 pub use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::{Content, Value};
 use memmap2::Mmap;
 
 use super::error::{EngineError, Result};
@@ -71,7 +71,7 @@ impl GgufFile {
             let dims = info.shape.dims().to_vec();
             let elems: usize = dims.iter().product();
             let block = info.ggml_dtype.block_size();
-            if elems % block != 0 {
+            if !elems.is_multiple_of(block) {
                 return Err(bad(format!(
                     "tensor `{name}` has {elems} elements, not a multiple of the {:?} block size {block}",
                     info.ggml_dtype

@@ -29,7 +29,10 @@ impl LoadedModel {
         let model = model::load(path)?;
         let md = model.metadata();
         let tokenizer = Tokenizer::from_gguf(md)?;
-        let piece = |id: Option<u32>| id.map(|i| tokenizer.piece(i).to_string()).unwrap_or_default();
+        let piece = |id: Option<u32>| {
+            id.map(|i| tokenizer.piece(i).to_string())
+                .unwrap_or_default()
+        };
         let (bos, eos) = (piece(tokenizer.bos()), piece(tokenizer.eos()));
         let template = match md.opt_str("tokenizer.chat_template")? {
             Some(src) => ChatTemplate::new(src, &bos, &eos)?,

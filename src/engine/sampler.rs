@@ -170,7 +170,10 @@ impl Sampler {
             nucleus_candidates(logits, p.top_p)
         };
         let max = logits[cand[0] as usize];
-        let mut probs: Vec<f32> = cand.iter().map(|&i| (logits[i as usize] - max).exp()).collect();
+        let mut probs: Vec<f32> = cand
+            .iter()
+            .map(|&i| (logits[i as usize] - max).exp())
+            .collect();
         let total: f32 = probs.iter().sum();
         // top-p: shortest prefix with mass >= top_p.
         if p.top_p < 1.0 {
@@ -220,9 +223,15 @@ impl Sampler {
             *counts.entry(t).or_default() += 1;
         }
         for (&t, &c) in &counts {
-            let Some(l) = logits.get_mut(t as usize) else { continue };
+            let Some(l) = logits.get_mut(t as usize) else {
+                continue;
+            };
             if p.repetition_penalty != 1.0 {
-                *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                *l = if *l > 0.0 {
+                    *l / p.repetition_penalty
+                } else {
+                    *l * p.repetition_penalty
+                };
             }
             *l -= c as f32 * p.frequency_penalty + p.presence_penalty;
         }
@@ -249,8 +258,14 @@ fn nucleus_candidates(logits: &[f32], top_p: f32) -> Vec<u32> {
     let total: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
     for floor in [1e-3f32, 1e-5, 1e-7] {
         let cut = max + (floor * total).ln();
-        let mut cand: Vec<u32> = (0..logits.len() as u32).filter(|&i| logits[i as usize] >= cut).collect();
-        let mass: f32 = cand.iter().map(|&i| (logits[i as usize] - max).exp()).sum::<f32>() / total;
+        let mut cand: Vec<u32> = (0..logits.len() as u32)
+            .filter(|&i| logits[i as usize] >= cut)
+            .collect();
+        let mass: f32 = cand
+            .iter()
+            .map(|&i| (logits[i as usize] - max).exp())
+            .sum::<f32>()
+            / total;
         if mass >= top_p.min(0.9999) {
             cand.sort_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
             return cand;
@@ -264,31 +279,51 @@ mod tests {
     use super::*;
 
     fn logits() -> Vec<f32> {
-        (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect()
+        (0..1000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
+            .collect()
     }
 
     #[test]
     fn greedy_is_argmax() {
         let mut l = logits();
         let want = argmax(&l);
-        assert_eq!(Sampler::new(SamplingParams::greedy()).unwrap().sample(&mut l, &[]), want);
+        assert_eq!(
+            Sampler::new(SamplingParams::greedy())
+                .unwrap()
+                .sample(&mut l, &[]),
+            want
+        );
     }
 
     #[test]
     fn same_seed_same_tokens() {
-        let p = SamplingParams { temperature: 1.5, seed: Some(42), ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.5,
+            seed: Some(42),
+            ..Default::default()
+        };
         let draw = |p: &SamplingParams| {
             let mut s = Sampler::new(p.clone()).unwrap();
-            (0..50).map(|_| s.sample(&mut logits(), &[])).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&mut logits(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(&p), draw(&p));
-        let other = SamplingParams { seed: Some(43), ..p.clone() };
+        let other = SamplingParams {
+            seed: Some(43),
+            ..p.clone()
+        };
         assert_ne!(draw(&p), draw(&other));
     }
 
     #[test]
     fn top_k_restricts() {
-        let p = SamplingParams { top_k: 3, seed: Some(1), ..Default::default() };
+        let p = SamplingParams {
+            top_k: 3,
+            seed: Some(1),
+            ..Default::default()
+        };
         let mut s = Sampler::new(p).unwrap();
         let l = logits();
         let allowed = top_k_indices(&l, 3);
@@ -303,8 +338,16 @@ mod tests {
         l[3] = 10.0;
         l[5] = 9.0;
         for p in [
-            SamplingParams { top_p: 0.5, seed: Some(3), ..Default::default() },
-            SamplingParams { min_p: 0.5, seed: Some(3), ..Default::default() },
+            SamplingParams {
+                top_p: 0.5,
+                seed: Some(3),
+                ..Default::default()
+            },
+            SamplingParams {
+                min_p: 0.5,
+                seed: Some(3),
+                ..Default::default()
+            },
         ] {
             let mut s = Sampler::new(p).unwrap();
             for _ in 0..100 {
@@ -316,11 +359,19 @@ mod tests {
     #[test]
     fn penalties_change_choice() {
         let mut l = vec![5.0, 4.9, 0.0];
-        let p = SamplingParams { temperature: 0.0, frequency_penalty: 1.0, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 0.0,
+            frequency_penalty: 1.0,
+            ..Default::default()
+        };
         let mut s = Sampler::new(p).unwrap();
         assert_eq!(s.sample(&mut l, &[0]), 1);
         let mut l = vec![5.0, 4.9, 0.0];
-        let p = SamplingParams { temperature: 0.0, repetition_penalty: 1.1, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 0.0,
+            repetition_penalty: 1.1,
+            ..Default::default()
+        };
         assert_eq!(Sampler::new(p).unwrap().sample(&mut l, &[0]), 1);
     }
 
@@ -328,7 +379,10 @@ mod tests {
     fn logprobs_normalised() {
         let l = logits();
         let lp = logprobs(&l, 5, 4);
-        let total: f32 = l.iter().map(|&x| (x - l[5] + lp.logprob).exp()).sum::<f32>();
+        let total: f32 = l
+            .iter()
+            .map(|&x| (x - l[5] + lp.logprob).exp())
+            .sum::<f32>();
         assert!((total.ln()).abs() < 1e-3, "sum of probabilities is {total}");
         assert_eq!(lp.top.len(), 4);
         assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
@@ -336,7 +390,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_params() {
-        assert!(Sampler::new(SamplingParams { temperature: -1.0, ..Default::default() }).is_err());
-        assert!(Sampler::new(SamplingParams { top_p: 0.0, ..Default::default() }).is_err());
+        assert!(
+            Sampler::new(SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            Sampler::new(SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

@@ -8,9 +8,9 @@
 //! request that shares a prefix forks them (copy-on-write), skipping that part of the prefill.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -59,8 +59,17 @@ pub enum SeqEvent {
     },
     /// One sampled token.
     Token(StepEvent),
-    /// The request failed.
+    /// The request was refused (context, parameters, grammar): the client's fault.
     Error(EngineError),
+    /// The engine failed while running the request: ward's fault (details for the log).
+    Failed(String),
+}
+
+/// Sends each event; a receiver that is gone is cancelled at the start of the next step.
+fn send_all(events: Vec<(UnboundedSender<SeqEvent>, SeqEvent)>) {
+    for (tx, ev) in events {
+        let _ = tx.send(ev);
+    }
 }
 
 /// Why a submission was refused.
@@ -92,10 +101,17 @@ pub struct SchedulerHandle {
 impl SchedulerHandle {
     /// Queues a request; its events arrive on the returned receiver. Dropping the receiver
     /// cancels the request within one decode step.
-    pub fn submit(&self, req: GenerationRequest) -> Result<UnboundedReceiver<SeqEvent>, SubmitError> {
+    pub fn submit(
+        &self,
+        req: GenerationRequest,
+    ) -> Result<UnboundedReceiver<SeqEvent>, SubmitError> {
         let (events, rx) = unbounded_channel();
         self.depth.fetch_add(1, Ordering::SeqCst);
-        let job = Job { req, events, queued: Instant::now() };
+        let job = Job {
+            req,
+            events,
+            queued: Instant::now(),
+        };
         match self.tx.try_send(job) {
             Ok(()) => Ok(rx),
             Err(e) => {
@@ -124,7 +140,12 @@ pub fn spawn(model: Arc<LoadedModel>, cfg: SchedulerConfig) -> SchedulerHandle {
     let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue_capacity);
     let depth = Arc::new(AtomicUsize::new(0));
     let running = Arc::new(AtomicUsize::new(0));
-    let handle = SchedulerHandle { tx, depth: depth.clone(), running: running.clone(), capacity: cfg.queue_capacity };
+    let handle = SchedulerHandle {
+        tx,
+        depth: depth.clone(),
+        running: running.clone(),
+        capacity: cfg.queue_capacity,
+    };
     std::thread::Builder::new()
         .name("ward-scheduler".into())
         .spawn(move || Worker::new(model, cfg, rx, depth, running).run())
@@ -161,9 +182,27 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(model: Arc<LoadedModel>, cfg: SchedulerConfig, rx: Receiver<Job>, depth: Arc<AtomicUsize>, running_count: Arc<AtomicUsize>) -> Self {
+    fn new(
+        model: Arc<LoadedModel>,
+        cfg: SchedulerConfig,
+        rx: Receiver<Job>,
+        depth: Arc<AtomicUsize>,
+        running_count: Arc<AtomicUsize>,
+    ) -> Self {
         let pool = model.model.new_pool(cfg.kv_tokens);
-        Self { model, cfg, rx, depth, running_count, pool, running: Vec::new(), pending: VecDeque::new(), prefixes: Vec::new(), clock: 0, reserved: 0 }
+        Self {
+            model,
+            cfg,
+            rx,
+            depth,
+            running_count,
+            pool,
+            running: Vec::new(),
+            pending: VecDeque::new(),
+            prefixes: Vec::new(),
+            clock: 0,
+            reserved: 0,
+        }
     }
 
     fn run(mut self) {
@@ -181,7 +220,8 @@ impl Worker {
                 }
             }
             self.admit();
-            self.running_count.store(self.running.len(), Ordering::SeqCst);
+            self.running_count
+                .store(self.running.len(), Ordering::SeqCst);
             if !self.running.is_empty() {
                 self.step();
             }
@@ -196,11 +236,17 @@ impl Worker {
     fn admit(&mut self) {
         let ctx = self.model.context_length();
         while self.running.len() < self.cfg.max_running {
-            let Some(job) = self.pending.pop_front() else { break };
+            let Some(job) = self.pending.pop_front() else {
+                break;
+            };
             let need = Self::need(&job.req);
             if let Err(e) = job.req.check(ctx).and_then(|()| {
                 if need > self.pool.capacity_tokens() {
-                    Err(EngineError::ContextOverflow { prompt: job.req.prompt.len(), max_tokens: job.req.max_tokens, context: self.pool.capacity_tokens() })
+                    Err(EngineError::ContextOverflow {
+                        prompt: job.req.prompt.len(),
+                        max_tokens: job.req.max_tokens,
+                        context: self.pool.capacity_tokens(),
+                    })
                 } else {
                     Ok(())
                 }
@@ -210,7 +256,9 @@ impl Worker {
                 continue;
             }
             // Make room: evict cached prefixes, else wait for running sequences to finish.
-            while self.reserved + need + self.prefix_tokens() > self.pool.capacity_tokens() && !self.prefixes.is_empty() {
+            while self.reserved + need + self.prefix_tokens() > self.pool.capacity_tokens()
+                && !self.prefixes.is_empty()
+            {
                 self.evict_lru();
             }
             if self.reserved + need > self.pool.capacity_tokens() {
@@ -229,11 +277,23 @@ impl Worker {
                 }
             };
             let cached = self.reuse_prefix(&mut seq);
-            tracing::debug!(queued_ms = job.queued.elapsed().as_millis() as u64, cached, "admitted");
+            tracing::debug!(
+                queued_ms = job.queued.elapsed().as_millis() as u64,
+                cached,
+                "admitted"
+            );
             let reserved = need;
             self.reserved += reserved;
-            let _ = job.events.send(SeqEvent::Started { prompt: seq.prompt_len(), cached });
-            self.running.push(Running { seq, events: job.events, registered: false, reserved });
+            let _ = job.events.send(SeqEvent::Started {
+                prompt: seq.prompt_len(),
+                cached,
+            });
+            self.running.push(Running {
+                seq,
+                events: job.events,
+                registered: false,
+                reserved,
+            });
         }
     }
 
@@ -255,7 +315,17 @@ impl Worker {
             .prefixes
             .iter()
             .enumerate()
-            .map(|(i, p)| (i, p.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(p.kv.len())))
+            .map(|(i, p)| {
+                (
+                    i,
+                    p.tokens
+                        .iter()
+                        .zip(prompt)
+                        .take_while(|(a, b)| a == b)
+                        .count()
+                        .min(p.kv.len()),
+                )
+            })
             .max_by_key(|&(_, n)| n);
         let Some((i, n)) = best else { return 0 };
         let n = n.min(prompt.len() - 1);
@@ -286,7 +356,11 @@ impl Worker {
             self.evict_lru();
         }
         self.clock += 1;
-        self.prefixes.push(CachedPrefix { tokens, kv, last_used: self.clock });
+        self.prefixes.push(CachedPrefix {
+            tokens,
+            kv,
+            last_used: self.clock,
+        });
     }
 
     /// One forward pass over all running sequences.
@@ -330,7 +404,11 @@ impl Worker {
             }
             wants.push((i, n, n == un.len()));
         }
-        let mut kvs: Vec<SeqKv> = self.running.iter_mut().map(|r| std::mem::take(&mut r.seq.kv)).collect();
+        let mut kvs: Vec<SeqKv> = self
+            .running
+            .iter_mut()
+            .map(|r| std::mem::take(&mut r.seq.kv))
+            .collect();
         let result = self.model.model.forward(&batch, &mut self.pool, &mut kvs);
         for (r, kv) in self.running.iter_mut().zip(kvs) {
             r.seq.kv = kv;
@@ -338,18 +416,22 @@ impl Worker {
         let mut logits = match result {
             Ok(l) => l,
             Err(e) => {
-                // A failed pass fails every sequence in it.
+                // A failed pass fails every sequence in it: a fault of ward, not of a request.
+                tracing::error!(error = %e, sequences = self.running.len(), "forward pass failed");
                 let msg = e.to_string();
+                let mut out = Vec::with_capacity(self.running.len());
                 for r in &mut self.running {
-                    let _ = r.events.send(SeqEvent::Error(EngineError::InvalidParameter { param: "batch", reason: msg.clone() }));
                     r.seq.cancel();
+                    out.push((r.events.clone(), SeqEvent::Failed(msg.clone())));
                 }
                 self.retire();
+                send_all(out);
                 return;
             }
         };
         let vocab = self.model.model.config().vocab;
         let mut row = 0;
+        let mut out = Vec::with_capacity(self.running.len());
         for (i, n, complete) in wants {
             self.running[i].seq.mark_cached(n);
             if !complete {
@@ -359,13 +441,17 @@ impl Worker {
                 self.register_prefix(i);
             }
             let r = &mut self.running[i];
-            let ev = r.seq.step(&mut logits[row * vocab..(row + 1) * vocab], &self.model.tokenizer);
+            let ev = r.seq.step(
+                &mut logits[row * vocab..(row + 1) * vocab],
+                &self.model.tokenizer,
+            );
             row += 1;
-            if r.events.send(SeqEvent::Token(ev)).is_err() {
-                r.seq.cancel();
-            }
+            out.push((r.events.clone(), SeqEvent::Token(ev)));
         }
+        // Retire first, so that `running()` never counts a sequence whose client already has
+        // its last token. A client gone by now is noticed at the start of the next step.
         self.retire();
+        send_all(out);
     }
 
     fn retire(&mut self) {
@@ -379,6 +465,7 @@ impl Worker {
                 i += 1;
             }
         }
-        self.running_count.store(self.running.len(), Ordering::SeqCst);
+        self.running_count
+            .store(self.running.len(), Ordering::SeqCst);
     }
 }

@@ -11,21 +11,29 @@ use crate::engine::template::{ChatMessage, MessageContent};
 use super::tools;
 
 /// Renders and tokenizes a chat prompt.
-pub fn chat_prompt(model: &LoadedModel, messages: &[ChatMessage], tools: Option<&[Value]>) -> Result<Vec<u32>> {
+pub fn chat_prompt(
+    model: &LoadedModel,
+    messages: &[ChatMessage],
+    tools: Option<&[Value]>,
+) -> Result<Vec<u32>> {
     let mut msgs = messages.to_vec();
     let mut tools = tools.filter(|t| !t.is_empty());
-    if let Some(t) = tools {
-        if !model.template.supports_tools() {
-            let text = tools::tools_system_prompt(t);
-            match msgs.first_mut() {
-                Some(m) if m.role == "system" => {
-                    let old = m.content.as_ref().map(MessageContent::text).unwrap_or_default();
-                    m.content = Some(MessageContent::Text(format!("{old}\n\n{text}")));
-                }
-                _ => msgs.insert(0, ChatMessage::system(&text)),
+    if let Some(t) = tools
+        && !model.template.supports_tools()
+    {
+        let text = tools::tools_system_prompt(t);
+        match msgs.first_mut() {
+            Some(m) if m.role == "system" => {
+                let old = m
+                    .content
+                    .as_ref()
+                    .map(MessageContent::text)
+                    .unwrap_or_default();
+                m.content = Some(MessageContent::Text(format!("{old}\n\n{text}")));
             }
-            tools = None;
+            _ => msgs.insert(0, ChatMessage::system(&text)),
         }
+        tools = None;
     }
     let rendered = model.template.render(&msgs, tools, true)?;
     Ok(tokenize_rendered(model, &rendered))
@@ -35,13 +43,14 @@ pub fn chat_prompt(model: &LoadedModel, messages: &[ChatMessage], tools: Option<
 /// model wants one and the template did not already write it.
 pub fn tokenize_rendered(model: &LoadedModel, text: &str) -> Vec<u32> {
     let tok = &model.tokenizer;
-    let bos_text = tok.bos().map(|b| tok.piece(b).to_string()).unwrap_or_default();
+    let bos_text = tok
+        .bos()
+        .map(|b| tok.piece(b).to_string())
+        .unwrap_or_default();
     let add = tok.adds_bos() && !(bos_text.is_empty() || text.starts_with(&bos_text));
     let mut ids = tok.encode(text, false, true);
-    if add {
-        if let Some(b) = tok.bos() {
-            ids.insert(0, b);
-        }
+    if add && let Some(b) = tok.bos() {
+        ids.insert(0, b);
     }
     ids
 }

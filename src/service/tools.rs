@@ -28,7 +28,10 @@ pub fn parse_calls(text: &str) -> (String, Vec<ParsedCall>) {
         content.push_str(&rest[..at]);
         let body_start = at + OPEN.len();
         let (body, next) = match rest[body_start..].find(CLOSE) {
-            Some(end) => (&rest[body_start..body_start + end], &rest[body_start + end + CLOSE.len()..]),
+            Some(end) => (
+                &rest[body_start..body_start + end],
+                &rest[body_start + end + CLOSE.len()..],
+            ),
             None => (&rest[body_start..], ""),
         };
         match call_from_json(body.trim()) {
@@ -40,10 +43,10 @@ pub fn parse_calls(text: &str) -> (String, Vec<ParsedCall>) {
     content.push_str(rest);
     if calls.is_empty() {
         let t = text.trim();
-        if t.starts_with('{') {
-            if let Some(c) = call_from_json(t) {
-                return (String::new(), vec![c]);
-            }
+        if t.starts_with('{')
+            && let Some(c) = call_from_json(t)
+        {
+            return (String::new(), vec![c]);
         }
     }
     (content.trim().to_string(), calls)
@@ -52,7 +55,11 @@ pub fn parse_calls(text: &str) -> (String, Vec<ParsedCall>) {
 fn call_from_json(body: &str) -> Option<ParsedCall> {
     let v: Value = serde_json::from_str(body).ok()?;
     let name = v.get("name")?.as_str()?.to_string();
-    let args = v.get("arguments").or_else(|| v.get("parameters")).cloned().unwrap_or(json!({}));
+    let args = v
+        .get("arguments")
+        .or_else(|| v.get("parameters"))
+        .cloned()
+        .unwrap_or(json!({}));
     let arguments = match args {
         Value::String(s) => s,
         other => other.to_string(),
@@ -107,11 +114,16 @@ mod tests {
 
     #[test]
     fn parses_tagged_calls() {
-        let (c, calls) = parse_calls("Sure.<tool_call>\n{\"name\": \"lookup\", \"arguments\": {\"ip\": \"1.2.3.4\"}}\n</tool_call><tool_call>{\"name\":\"b\",\"arguments\":\"{}\"}</tool_call>");
+        let (c, calls) = parse_calls(
+            "Sure.<tool_call>\n{\"name\": \"lookup\", \"arguments\": {\"ip\": \"1.2.3.4\"}}\n</tool_call><tool_call>{\"name\":\"b\",\"arguments\":\"{}\"}</tool_call>",
+        );
         assert_eq!(c, "Sure.");
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].name, "lookup");
-        assert_eq!(serde_json::from_str::<Value>(&calls[0].arguments).unwrap()["ip"], "1.2.3.4");
+        assert_eq!(
+            serde_json::from_str::<Value>(&calls[0].arguments).unwrap()["ip"],
+            "1.2.3.4"
+        );
         assert_eq!(calls[1].arguments, "{}");
     }
 
@@ -132,7 +144,13 @@ mod tests {
 
     #[test]
     fn grammar_mentions_every_function() {
-        let g = forced_call_grammar(&[("a".into(), None), ("b".into(), Some(json!({"type":"object"})))], false);
+        let g = forced_call_grammar(
+            &[
+                ("a".into(), None),
+                ("b".into(), Some(json!({"type":"object"}))),
+            ],
+            false,
+        );
         assert!(g.contains("\"const\":\"a\"") && g.contains("\"const\":\"b\""));
     }
 }

@@ -114,17 +114,22 @@ impl ConstraintEnv {
     }
 }
 
-/// A token as llguidance must see it: the bytes the generation loop appends to the output, or,
-/// for control, user-defined and end-of-generation tokens (which add no text), toktrie's special
-/// form `0xFF` + name, which a grammar can only ask for by name. Empty: never allowed.
+/// A token as llguidance must see it: the bytes the generation loop appends to the output
+/// (`visible_bytes`, user-defined tokens included), or, for control, unknown and
+/// end-of-generation tokens, toktrie's special form `0xFF` + name, which a grammar can only ask
+/// for by name. Empty: never allowed.
 pub(super) fn token_word(tok: &Tokenizer, id: u32) -> Vec<u8> {
-    let bytes = tok.token_bytes(id);
-    if !(tok.is_special(id) || tok.is_eog(id)) || bytes.is_empty() {
-        return bytes;
+    let visible = tok.visible_bytes(id);
+    if !visible.is_empty() && !tok.is_eog(id) {
+        return visible;
     }
-    let mut word = Vec::with_capacity(bytes.len() + 1);
+    let name = tok.token_bytes(id);
+    if name.is_empty() {
+        return name;
+    }
+    let mut word = Vec::with_capacity(name.len() + 1);
     word.push(TokTrie::SPECIAL_TOKEN_MARKER);
-    word.extend_from_slice(&bytes);
+    word.extend_from_slice(&name);
     word
 }
 

@@ -11,10 +11,13 @@ pub(super) fn apply(words: &[u32], vocab: usize, logits: &mut [f32]) {
             u32::MAX => {}
             0 => chunk.fill(f32::NEG_INFINITY),
             w => {
+                // Branch-free, so that the compiler can vectorize it.
                 for (bit, l) in chunk.iter_mut().enumerate() {
-                    if w & (1 << bit) == 0 {
-                        *l = f32::NEG_INFINITY;
-                    }
+                    *l = if (w >> bit) & 1 == 1 {
+                        *l
+                    } else {
+                        f32::NEG_INFINITY
+                    };
                 }
             }
         }

@@ -94,7 +94,10 @@ const MAX_REASON: usize = 1000;
 fn invalid(param: &'static str, reason: impl std::fmt::Display) -> EngineError {
     let mut reason = reason.to_string();
     if reason.len() > MAX_REASON {
-        let cut = (0..=MAX_REASON).rev().find(|&i| reason.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=MAX_REASON)
+            .rev()
+            .find(|&i| reason.is_char_boundary(i))
+            .unwrap_or(0);
         reason.truncate(cut);
         reason.push('…');
     }
@@ -108,7 +111,10 @@ impl Constraint {
     pub fn new(spec: &ConstraintSpec, env: &ConstraintEnv) -> Result<Self> {
         let param = spec.param();
         let grammar = grammar::top_level(spec).map_err(|e| invalid(param, e))?;
-        let parser = env.factory().create_parser(grammar).map_err(|e| invalid(param, e))?;
+        let parser = env
+            .factory()
+            .create_parser(grammar)
+            .map_err(|e| invalid(param, e))?;
         let mut matcher = Matcher::new(Ok(parser));
         for w in matcher.grammar_warnings() {
             tracing::debug!(param, warning = %w, "grammar warning");
@@ -128,9 +134,14 @@ impl Constraint {
     /// or if the parser failed, only end-of-generation tokens stay.
     pub fn mask(&mut self, logits: &mut [f32]) {
         match self.matcher.compute_mask_or_eos() {
-            Ok(allowed) if !allowed.is_zero() => mask::apply(allowed.as_slice(), self.vocab, logits),
+            Ok(allowed) if !allowed.is_zero() => {
+                mask::apply(allowed.as_slice(), self.vocab, logits)
+            }
             Ok(_) => {
-                tracing::warn!(param = self.param, "the grammar allows no token; ending the output");
+                tracing::warn!(
+                    param = self.param,
+                    "the grammar allows no token; ending the output"
+                );
                 mask::allow_only(&self.eos, logits);
             }
             Err(e) => {
@@ -148,7 +159,9 @@ impl Constraint {
             // A complete grammar already ended the output; an end token adds nothing.
             return Ok(());
         }
-        self.matcher.consume_token(token).map_err(|e| invalid(self.param, e))?;
+        self.matcher
+            .consume_token(token)
+            .map_err(|e| invalid(self.param, e))?;
         self.accepting = self.matcher.is_accepting().unwrap_or(false);
         Ok(())
     }

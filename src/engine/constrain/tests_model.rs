@@ -26,16 +26,27 @@ struct Setup {
 
 fn setup() -> Setup {
     let path = crate::catalog::ensure("smollm2-135m-instruct").expect("smollm2-135m-instruct");
-    let LoadedModel { model, tokenizer, template, .. } = LoadedModel::open(&path).unwrap();
+    let LoadedModel {
+        model,
+        tokenizer,
+        template,
+        ..
+    } = LoadedModel::open(&path).unwrap();
     let tok = Arc::new(tokenizer);
     let env = Arc::new(ConstraintEnv::with_tokenizer(Arc::clone(&tok)).unwrap());
     assert!(env.is_canonical());
-    Setup { model, tok, template, env }
+    Setup {
+        model,
+        tok,
+        template,
+        env,
+    }
 }
 
 impl Setup {
     fn run(&self, ask: &str, spec: Option<ConstraintSpec>, sampling: SamplingParams) -> Completion {
-        let msg: ChatMessage = serde_json::from_value(json!({"role": "user", "content": ask})).unwrap();
+        let msg: ChatMessage =
+            serde_json::from_value(json!({"role": "user", "content": ask})).unwrap();
         let prompt = self.template.render(&[msg], None, true).unwrap();
         let mut req = GenerationRequest::new(self.tok.encode(&prompt, true, true), 256);
         req.sampling = sampling;
@@ -46,7 +57,11 @@ impl Setup {
 }
 
 fn sampling(temperature: f32, seed: u64) -> SamplingParams {
-    SamplingParams { temperature, seed: Some(seed), ..SamplingParams::default() }
+    SamplingParams {
+        temperature,
+        seed: Some(seed),
+        ..SamplingParams::default()
+    }
 }
 
 const ASK_PERSON: &str = "Invent a person. Reply in JSON with their name, age, role and skills.";
@@ -89,7 +104,9 @@ fn check_person(v: &Value) -> Result<(), String> {
     if name.chars().count() > 40 {
         return Err("name too long".into());
     }
-    let age = o["age"].as_u64().ok_or("age is not a non-negative integer")?;
+    let age = o["age"]
+        .as_u64()
+        .ok_or("age is not a non-negative integer")?;
     if age > 150 {
         return Err("age out of range".into());
     }
@@ -103,8 +120,12 @@ fn check_person(v: &Value) -> Result<(), String> {
     for s in skills {
         let s = s.as_object().ok_or("skill is not an object")?;
         let ok = s.len() == 2
-            && s.get("skill").and_then(Value::as_str).is_some_and(|t| t.chars().count() <= 30)
-            && s.get("years").and_then(Value::as_u64).is_some_and(|y| y <= 60);
+            && s.get("skill")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.chars().count() <= 30)
+            && s.get("years")
+                .and_then(Value::as_u64)
+                .is_some_and(|y| y <= 60);
         if !ok {
             return Err(format!("skill {s:?}"));
         }
@@ -121,9 +142,14 @@ fn json_object_outputs_parse_as_objects() {
         "Reply with a JSON object holding a name and an age.",
     ];
     for ask in asks {
-        let out = s.run(ask, Some(ConstraintSpec::JsonObject), SamplingParams::greedy());
+        let out = s.run(
+            ask,
+            Some(ConstraintSpec::JsonObject),
+            SamplingParams::greedy(),
+        );
         assert_eq!(out.finish, FinishReason::Stop, "{ask}: {}", out.text);
-        let v: Value = serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{}: {e}", out.text));
+        let v: Value =
+            serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{}: {e}", out.text));
         assert!(v.is_object(), "{}", out.text);
     }
 }
@@ -131,7 +157,10 @@ fn json_object_outputs_parse_as_objects() {
 #[test]
 fn strict_schema_output_validates() {
     let s = setup();
-    let spec = ConstraintSpec::JsonSchema { schema: person_schema(), strict: true };
+    let spec = ConstraintSpec::JsonSchema {
+        schema: person_schema(),
+        strict: true,
+    };
     let out = s.run(ASK_PERSON, Some(spec), SamplingParams::greedy());
     assert_eq!(out.finish, FinishReason::Stop, "{}", out.text);
     let v: Value = serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{}: {e}", out.text));
@@ -141,7 +170,10 @@ fn strict_schema_output_validates() {
 #[test]
 fn sampling_at_temperature_one_never_leaves_the_grammar() {
     let s = setup();
-    let spec = ConstraintSpec::JsonSchema { schema: person_schema(), strict: true };
+    let spec = ConstraintSpec::JsonSchema {
+        schema: person_schema(),
+        strict: true,
+    };
     let mut finished = 0;
     for seed in 1..=3 {
         let out = s.run(ASK_PERSON, Some(spec.clone()), sampling(1.0, seed));
@@ -166,7 +198,8 @@ fn sampling_at_temperature_one_never_leaves_the_grammar() {
 fn logprobs_report_the_unmasked_distribution() {
     let s = setup();
     let first = |spec: Option<ConstraintSpec>| {
-        let msg: ChatMessage = serde_json::from_value(json!({"role": "user", "content": "Hi!"})).unwrap();
+        let msg: ChatMessage =
+            serde_json::from_value(json!({"role": "user", "content": "Hi!"})).unwrap();
         let prompt = s.template.render(&[msg], None, true).unwrap();
         let mut req = GenerationRequest::new(s.tok.encode(&prompt, true, true), 1);
         req.sampling = SamplingParams::greedy();
@@ -177,8 +210,16 @@ fn logprobs_report_the_unmasked_distribution() {
     };
     let free = first(None);
     let held = first(Some(ConstraintSpec::Regex("[0-9]{3}".into())));
-    assert!(s.tok.token_bytes(held.tokens[0]).iter().all(u8::is_ascii_digit));
-    assert_ne!(free.tokens, held.tokens, "the model's own choice is not a digit");
+    assert!(
+        s.tok
+            .token_bytes(held.tokens[0])
+            .iter()
+            .all(u8::is_ascii_digit)
+    );
+    assert_ne!(
+        free.tokens, held.tokens,
+        "the model's own choice is not a digit"
+    );
     assert_eq!(free.logprobs[0].top, held.logprobs[0].top);
     assert!(held.logprobs[0].logprob < free.logprobs[0].logprob);
 }
@@ -193,22 +234,39 @@ fn time_masks(name: &str, tok: &Arc<Tokenizer>, spec: &ConstraintSpec, doc: &str
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     let tokens = tok.encode(doc, false, false);
     let mut logits = vec![0.0f32; tok.vocab_size()];
-    let (mut total, mut worst) = (0.0f64, 0.0f64);
+    let mut us = Vec::new();
     for &t in &tokens {
         logits.fill(0.0);
         let t0 = Instant::now();
         c.mask(&mut logits);
-        let us = t0.elapsed().as_secs_f64() * 1e6;
-        (total, worst) = (total + us, worst.max(us));
-        assert!(logits[t as usize].is_finite(), "{name}: {:?} masked", tok.piece(t));
+        us.push(t0.elapsed().as_secs_f64() * 1e6);
+        assert!(
+            logits[t as usize].is_finite(),
+            "{name}: {:?} masked",
+            tok.piece(t)
+        );
         c.commit(t).unwrap();
     }
+    let first = us[0];
+    let mean = us[1..].iter().sum::<f64>() / (us.len() - 1) as f64;
+    us.sort_by(f64::total_cmp);
+    let at = |q: f64| us[((us.len() - 1) as f64 * q) as usize];
+    // The write into the logit row alone, for a mask with every other token open.
+    let words = vec![0x5555_5555u32; tok.vocab_size().div_ceil(32)];
+    let t0 = Instant::now();
+    for _ in 0..100 {
+        super::mask::apply(&words, tok.vocab_size(), &mut logits);
+    }
+    let apply_us = t0.elapsed().as_secs_f64() * 1e4;
     println!(
-        "{name}: vocab {}, canonical {}, env {env_ms:.0} ms, compile {compile_ms:.2} ms, mask {:.0} µs/token \
-         (worst {worst:.0} µs) over {} tokens",
+        "{name}: vocab {}, canonical {}, env {env_ms:.0} ms, compile {compile_ms:.2} ms, \
+         mask µs/token: first {first:.0}, then mean {mean:.0}, median {:.0}, p90 {:.0}, max {:.0} \
+         ({} tokens); applying a mask {apply_us:.0} µs",
         tok.vocab_size(),
         env.is_canonical(),
-        total / tokens.len() as f64,
+        at(0.5),
+        at(0.9),
+        at(1.0),
         tokens.len()
     );
 }
@@ -217,12 +275,24 @@ fn time_masks(name: &str, tok: &Arc<Tokenizer>, spec: &ConstraintSpec, doc: &str
 #[ignore = "timing report, run with --ignored --nocapture"]
 fn mask_cost() {
     let doc = r#"{"name": "Ada Lovelace", "age": 36, "role": "engineer", "skills": [{"skill": "mathematics", "years": 20}, {"skill": "poetry", "years": 3}]}"#;
-    let schema = ConstraintSpec::JsonSchema { schema: person_schema(), strict: true };
-    for model in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma-3-270m"] {
+    let schema = ConstraintSpec::JsonSchema {
+        schema: person_schema(),
+        strict: true,
+    };
+    for model in [
+        "smollm2-135m-instruct",
+        "qwen2.5-coder-0.5b-instruct",
+        "gemma-3-270m",
+    ] {
         let path = crate::catalog::ensure(model).unwrap();
         let tok = Tokenizer::from_gguf(GgufFile::open(&path).unwrap().metadata()).unwrap();
         let tok = Arc::new(tok);
         time_masks(&format!("{model} json_schema"), &tok, &schema, doc);
-        time_masks(&format!("{model} json_object"), &tok, &ConstraintSpec::JsonObject, doc);
+        time_masks(
+            &format!("{model} json_object"),
+            &tok,
+            &ConstraintSpec::JsonObject,
+            doc,
+        );
     }
 }

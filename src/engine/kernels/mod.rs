@@ -179,6 +179,33 @@ fn decode_tile_rows(rows: usize, threads: usize) -> usize {
     (rows / (threads * 8)).clamp(16, 512).next_multiple_of(4)
 }
 
+/// How far ahead of the row being read to prefetch weights when streaming them (decode).
+fn prefetch_distance() -> usize {
+    static D: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *D.get_or_init(|| std::env::var("WARD_PREFETCH").ok().and_then(|v| v.parse().ok()).unwrap_or(4096))
+}
+
+/// Hints the cache lines of `data[range]` (clipped to `data`) into L1.
+#[inline(always)]
+fn prefetch(data: &[u8], range: std::ops::Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let end = range.end.min(data.len());
+        let mut i = range.start;
+        while i < end {
+            // SAFETY: `i < data.len()`, so the address is inside `data`; prefetching never
+            // faults and does not change memory.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().add(i).cast());
+            }
+            i += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, range);
+}
+
 /// Splits the `rows × n` output into tiles and runs them on the pool.
 fn run_tiles(w: &QMatrix, act: &[u8], arow: usize, n: usize, out: &mut [f32], dot: isa::DotFn) {
     let rows = w.rows;
@@ -191,6 +218,7 @@ fn run_tiles(w: &QMatrix, act: &[u8], arow: usize, n: usize, out: &mut [f32], do
     let chunks = pool::Chunks::new(nr * nt);
     let optr = SyncPtr(out.as_mut_ptr());
     let wq = *w;
+    let pf = prefetch_distance();
     let task = |_| {
         while let Some(c) = chunks.claim() {
             let (ri, ti) = (c / nt, c % nt);
@@ -201,6 +229,12 @@ fn run_tiles(w: &QMatrix, act: &[u8], arow: usize, n: usize, out: &mut [f32], do
                 let k = (t_end - t0).min(isa::MAX_TOKENS);
                 let a = &act[t0 * arow..(t0 + k) * arow];
                 for r in ri * tr..r_end {
+                    if k == 1 && pf > 0 {
+                        prefetch(
+                            wq.data,
+                            (r * wq.row_bytes() + pf)..((r + 1) * wq.row_bytes() + pf),
+                        );
+                    }
                     let mut v = [0f32; isa::MAX_TOKENS];
                     // SAFETY: `dot` came from `isa::kernel` for an ISA this CPU supports.
                     unsafe { dot(wq.row(r), a, arow, &mut v[..k]) };

@@ -101,7 +101,9 @@ impl ModelConfig {
         let key = |k: &str| format!("{arch_name}.{k}");
         let dim = md.usize(&key("embedding_length"))?;
         let n_head = md.usize(&key("attention.head_count"))?;
-        let n_kv_head = md.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(n_head);
+        let n_kv_head = md
+            .opt_usize(&key("attention.head_count_kv"))?
+            .unwrap_or(n_head);
         if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
             return Err(EngineError::WrongType {
                 key: key("attention.head_count_kv"),
@@ -111,7 +113,9 @@ impl ModelConfig {
         let head_dim = md
             .opt_usize(&key("attention.key_length"))?
             .unwrap_or(dim / n_head);
-        let rope_dim = md.opt_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim);
+        let rope_dim = md
+            .opt_usize(&key("rope.dimension_count"))?
+            .unwrap_or(head_dim);
         let gemma = arch == Arch::Gemma3;
         let sliding_window = md.opt_usize(&key("attention.sliding_window"))?;
         let rope_scale = match md.opt_str(&key("rope.scaling.type"))? {
@@ -126,9 +130,10 @@ impl ModelConfig {
             n_kv_head,
             head_dim,
             ffn_dim: md.usize(&key("feed_forward_length"))?,
-            vocab: md
-                .opt_usize(&key("vocab_size"))?
-                .map_or_else(|| md.str_array("tokenizer.ggml.tokens").map(|t| t.len()), Ok)?,
+            vocab: md.opt_usize(&key("vocab_size"))?.map_or_else(
+                || md.str_array("tokenizer.ggml.tokens").map(|t| t.len()),
+                Ok,
+            )?,
             context_length: md.usize(&key("context_length"))?,
             rms_eps: md.f32(&key("attention.layer_norm_rms_epsilon"))?,
             rope_dim,
@@ -153,7 +158,7 @@ impl ModelConfig {
 
     /// Whether layer `il` uses a sliding window (Gemma 3: all but every sixth layer).
     pub fn is_sliding(&self, il: usize) -> bool {
-        self.sliding_window.is_some() && (il + 1) % self.sliding_pattern != 0
+        self.sliding_window.is_some() && !(il + 1).is_multiple_of(self.sliding_pattern)
     }
 
     /// Width of the key (and value) projection.

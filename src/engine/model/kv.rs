@@ -95,7 +95,7 @@ impl KvPool {
         self.truncate(seq, from);
         let need = new_len.div_ceil(BLOCK);
         // Copy-on-write for a shared, partially filled last block that will be written to.
-        if seq.len % BLOCK != 0 {
+        if !seq.len.is_multiple_of(BLOCK) {
             let last = seq.len / BLOCK;
             let id = seq.blocks[last];
             if self.refs[id as usize] > 1 {

@@ -69,7 +69,11 @@ impl Transformer {
             for h in row.chunks_exact_mut(hd) {
                 for j in 0..half {
                     let (c, s) = (cs[2 * j], cs[2 * j + 1]);
-                    let (a, b) = if self.cfg.rope_neox { (j, j + half) } else { (2 * j, 2 * j + 1) };
+                    let (a, b) = if self.cfg.rope_neox {
+                        (j, j + half)
+                    } else {
+                        (2 * j, 2 * j + 1)
+                    };
                     let (x0, x1) = (h[a], h[b]);
                     h[a] = x0 * c - x1 * s;
                     h[b] = x0 * s + x1 * c;
@@ -80,11 +84,23 @@ impl Transformer {
 
     /// Attention of every (token, head) pair against its sequence's cache.
     #[allow(clippy::too_many_arguments)]
-    fn attention(&self, il: usize, batch: &Batch, q: &[f32], pool: &KvPool, seqs: &[SeqKv], out: &mut [f32]) {
+    fn attention(
+        &self,
+        il: usize,
+        batch: &Batch,
+        q: &[f32],
+        pool: &KvPool,
+        seqs: &[SeqKv],
+        out: &mut [f32],
+    ) {
         let cfg = &self.cfg;
         let hd = cfg.head_dim;
         let group = cfg.n_head / cfg.n_kv_head;
-        let window = if cfg.is_sliding(il) { cfg.sliding_window } else { None };
+        let window = if cfg.is_sliding(il) {
+            cfg.sliding_window
+        } else {
+            None
+        };
         out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
             let (t, h) = (i / cfg.n_head, i % cfg.n_head);
             let qh = &q[i * hd..(i + 1) * hd];
@@ -135,9 +151,11 @@ impl Model for Transformer {
         }
 
         let rope_global = self.rope_table(&batch.pos, cfg.rope_base);
-        let rope_local = (cfg.sliding_window.is_some()).then(|| self.rope_table(&batch.pos, cfg.rope_base_local));
+        let rope_local = (cfg.sliding_window.is_some())
+            .then(|| self.rope_table(&batch.pos, cfg.rope_base_local));
         let (mut h, mut q, mut k, mut v) = (vec![0.0; n * d], Vec::new(), Vec::new(), Vec::new());
-        let (mut att, mut o, mut g, mut u) = (vec![0.0; n * qd], Vec::new(), Vec::new(), Vec::new());
+        let (mut att, mut o, mut g, mut u) =
+            (vec![0.0; n * qd], Vec::new(), Vec::new(), Vec::new());
 
         for (il, lw) in self.w.layers.iter().enumerate() {
             rms_rows(&x, &lw.attn_norm, cfg.rms_eps, &mut h);
@@ -156,7 +174,13 @@ impl Model for Transformer {
             self.apply_rope(&mut k, cfg.n_kv_head, table);
             for t in 0..n {
                 let seq = &seqs[batch.seq[t]];
-                pool.write(seq, il, batch.pos[t], &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd]);
+                pool.write(
+                    seq,
+                    il,
+                    batch.pos[t],
+                    &k[t * kvd..(t + 1) * kvd],
+                    &v[t * kvd..(t + 1) * kvd],
+                );
             }
             self.attention(il, batch, &q, pool, seqs, &mut att);
             self.linear(&lw.wo, &att, n, &mut o);
@@ -188,7 +212,12 @@ impl Model for Transformer {
         let rows: Vec<usize> = (0..n).filter(|&t| batch.logits[t]).collect();
         let mut xs = vec![0.0; rows.len() * d];
         for (i, &t) in rows.iter().enumerate() {
-            ops::rms_norm(&x[t * d..(t + 1) * d], &self.w.output_norm, cfg.rms_eps, &mut xs[i * d..(i + 1) * d]);
+            ops::rms_norm(
+                &x[t * d..(t + 1) * d],
+                &self.w.output_norm,
+                cfg.rms_eps,
+                &mut xs[i * d..(i + 1) * d],
+            );
         }
         let mut logits = Vec::new();
         self.linear(&self.w.output, &xs, rows.len(), &mut logits);

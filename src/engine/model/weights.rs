@@ -125,9 +125,12 @@ impl Weights {
         } else {
             embed.clone()
         };
-        let opt = |il: usize, n: &str, len: usize| opt_vector(file, &format!("blk.{il}.{n}.weight"), len);
-        let req = |il: usize, n: &str, len: usize| vector(file, &format!("blk.{il}.{n}.weight"), len);
-        let lin = |il: usize, n: &str, r: usize, c: usize| linear(file, &format!("blk.{il}.{n}"), r, c);
+        let opt =
+            |il: usize, n: &str, len: usize| opt_vector(file, &format!("blk.{il}.{n}.weight"), len);
+        let req =
+            |il: usize, n: &str, len: usize| vector(file, &format!("blk.{il}.{n}.weight"), len);
+        let lin =
+            |il: usize, n: &str, r: usize, c: usize| linear(file, &format!("blk.{il}.{n}"), r, c);
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for il in 0..cfg.n_layer {
             let hd = cfg.head_dim;
@@ -137,14 +140,30 @@ impl Weights {
                 wk: lin(il, "attn_k", kv, d)?,
                 wv: lin(il, "attn_v", kv, d)?,
                 wo: lin(il, "attn_output", d, q)?,
-                q_norm: if cfg.qk_norm { Some(req(il, "attn_q_norm", hd)?) } else { None },
-                k_norm: if cfg.qk_norm { Some(req(il, "attn_k_norm", hd)?) } else { None },
-                post_attn_norm: if cfg.post_norms { Some(req(il, "post_attention_norm", d)?) } else { opt(il, "post_attention_norm", d)? },
+                q_norm: if cfg.qk_norm {
+                    Some(req(il, "attn_q_norm", hd)?)
+                } else {
+                    None
+                },
+                k_norm: if cfg.qk_norm {
+                    Some(req(il, "attn_k_norm", hd)?)
+                } else {
+                    None
+                },
+                post_attn_norm: if cfg.post_norms {
+                    Some(req(il, "post_attention_norm", d)?)
+                } else {
+                    opt(il, "post_attention_norm", d)?
+                },
                 ffn_norm: req(il, "ffn_norm", d)?,
                 w_gate: lin(il, "ffn_gate", ff, d)?,
                 w_up: lin(il, "ffn_up", ff, d)?,
                 w_down: lin(il, "ffn_down", d, ff)?,
-                post_ffn_norm: if cfg.post_norms { Some(req(il, "post_ffw_norm", d)?) } else { opt(il, "post_ffw_norm", d)? },
+                post_ffn_norm: if cfg.post_norms {
+                    Some(req(il, "post_ffw_norm", d)?)
+                } else {
+                    opt(il, "post_ffw_norm", d)?
+                },
             });
         }
         Ok(Self {
