@@ -2,12 +2,14 @@
 //! (decode; throughput in weight bytes per second, weights cycled through more memory than the
 //! last-level cache holds) and at 64 / 512 tokens (prefill; throughput in FLOP per second).
 //!
+//! Formats with a 16-row packed layout are also measured packed (`<format>/packed`).
+//!
 //! `cargo bench --bench kernels -- 'Q4K'` runs one format; `WARD_THREADS` sets the thread
 //! count, `WARD_BENCH_MB` the decode working set (default 256 MiB).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use ward::engine::kernels::{GgmlDType, QMatrix, matmul};
+use ward::engine::kernels::{GgmlDType, PackedMatrix, QMatrix, matmul, matmul_packed};
 
 /// Block size in bytes and the offsets of its `f16` scale fields.
 fn layout(dtype: GgmlDType) -> (usize, &'static [usize]) {
@@ -85,6 +87,7 @@ fn bench(c: &mut Criterion) {
                 .chunks_exact(bytes)
                 .map(|d| QMatrix::new(dtype, rows, cols, d).unwrap())
                 .collect();
+            let packed: Vec<PackedMatrix> = mats.iter().filter_map(PackedMatrix::new).collect();
             for n in [1usize, 64, 512] {
                 let x: Vec<f32> = (0..n * cols)
                     .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
@@ -100,6 +103,16 @@ fn bench(c: &mut Criterion) {
                     b.iter(|| {
                         i = (i + 1) % mats.len();
                         matmul(&mats[i], black_box(&x), n, &mut out);
+                        black_box(&out);
+                    })
+                });
+                if packed.is_empty() {
+                    continue;
+                }
+                group.bench_function(BenchmarkId::new(format!("{rows}x{cols}/packed"), n), |b| {
+                    b.iter(|| {
+                        i = (i + 1) % packed.len();
+                        matmul_packed(&packed[i], black_box(&x), n, &mut out);
                         black_box(&out);
                     })
                 });

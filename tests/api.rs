@@ -7,6 +7,8 @@ mod common;
 
 #[path = "api/chat.rs"]
 mod chat;
+#[path = "api/chat_output.rs"]
+mod chat_output;
 #[path = "api/chat_tools.rs"]
 mod chat_tools;
 #[path = "api/completions.rs"]

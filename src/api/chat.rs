@@ -1,48 +1,48 @@
-//! `POST /v1/chat/completions`: chat with tools, structured output, logprobs, `n` choices, and
-//! streaming by server-sent events (role delta first, keep-alive comments during prefill,
-//! index-keyed tool-call deltas, a usage chunk, then `[DONE]`).
+//! `POST /v1/chat/completions`: chat with tools, structured output, logprobs and `n` choices.
+//! The request is validated into a [`Plan`] once; streaming lives in [`super::chat_stream`].
 
-use std::convert::Infallible;
+use std::time::Instant;
 
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::engine::constrain::{BoundConstraint, ConstraintSpec};
+use crate::engine::constrain::ConstraintSpec;
 use crate::engine::sampler::TokenLogprob;
-use crate::engine::scheduler::SeqEvent;
 use crate::engine::template::ChatMessage;
 use crate::service::{ServedModel, chat as chat_service, tools};
 
+use super::chat_stream;
 use super::error::Json;
-use super::generation::{self, Collected, Timer, Valid};
+use super::generation::{self, Collected, Valid};
 use super::types::{ChatCompletionRequest, ResponseFormat};
 use super::{ApiError, AppState};
 
 /// How tools may be used in this request.
 #[derive(Debug, Clone, PartialEq)]
-enum ToolMode {
+pub(super) enum ToolMode {
     Off,
     Auto,
     Forced(Vec<String>),
 }
 
 /// The request after validation.
-struct Plan {
-    valid: Valid,
+pub(super) struct Plan {
+    pub(super) valid: Valid,
     messages: Vec<ChatMessage>,
     tools: Vec<Value>,
-    mode: ToolMode,
-    parallel: bool,
-    logprobs: Option<usize>,
+    pub(super) mode: ToolMode,
+    pub(super) parallel: bool,
+    pub(super) logprobs: Option<usize>,
     constraint: Option<ConstraintSpec>,
 }
 
 fn plan(req: &ChatCompletionRequest) -> Result<Plan, ApiError> {
     let valid = generation::validate(&req.sampling)?;
+    if valid.max_tokens == Some(0) {
+        let p = valid.max_tokens_param;
+        return Err(ApiError::invalid(p, format!("`{p}` must be at least 1")));
+    }
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             "messages",
@@ -134,12 +134,16 @@ fn plan(req: &ChatCompletionRequest) -> Result<Plan, ApiError> {
     let parallel = req.parallel_tool_calls.unwrap_or(true);
     let constraint = match (&mode, &req.response_format) {
         (ToolMode::Forced(chosen), _) => {
-            let funcs: Vec<(String, Option<Value>)> = req
+            let funcs: Vec<tools::CallSpec> = req
                 .tools
                 .iter()
                 .flatten()
                 .filter(|t| chosen.contains(&t.function.name))
-                .map(|t| (t.function.name.clone(), t.function.parameters.clone()))
+                .map(|t| tools::CallSpec {
+                    name: &t.function.name,
+                    parameters: t.function.parameters.as_ref(),
+                    strict: t.function.strict.unwrap_or(false),
+                })
                 .collect();
             Some(ConstraintSpec::Lark(tools::forced_call_grammar(
                 &funcs, parallel,
@@ -179,6 +183,7 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     Json(req): Json<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let start = Instant::now();
     let plan = plan(&req)?;
     let model = generation::find_model(&state, req.model.as_deref())?;
     let prompt = {
@@ -191,13 +196,7 @@ pub async fn chat_completions(
         .map_err(|e| ApiError::Internal(e.to_string()))??
     };
     let bound = match &plan.constraint {
-        Some(spec) => {
-            let env = model.constraint_env().map_err(ApiError::Internal)?;
-            Some(BoundConstraint {
-                spec: spec.clone(),
-                env,
-            })
-        }
+        Some(spec) => Some(generation::bind_constraint(&model, spec.clone()).await?),
         None => None,
     };
     let mut reqs = Vec::with_capacity(plan.valid.n);
@@ -209,12 +208,19 @@ pub async fn chat_completions(
     let receivers = generation::submit_all(&state, &model, reqs)?;
     let id = generation::new_id("chatcmpl");
     if plan.valid.stream {
-        return Ok(stream(state, model, plan, receivers, id).into_response());
+        let stream = chat_stream::Stream {
+            state,
+            model,
+            plan,
+            id,
+            start,
+        };
+        return Ok(stream.respond(receivers).into_response());
     }
     let mut choices = Vec::new();
     let (mut prompt_tokens, mut completion_tokens) = (prompt.len(), 0);
     for (i, rx) in receivers.into_iter().enumerate() {
-        let c = generation::collect(&state, rx).await?;
+        let c = generation::collect(&state, rx, start).await?;
         prompt_tokens = c.prompt_tokens.max(prompt_tokens);
         completion_tokens += c.tokens.len();
         choices.push(choice_json(&model, &plan, i, c));
@@ -231,15 +237,15 @@ pub async fn chat_completions(
     .into_response())
 }
 
-fn fingerprint() -> String {
+pub(super) fn fingerprint() -> String {
     format!("ward-{}", env!("CARGO_PKG_VERSION"))
 }
 
-fn usage(prompt: usize, completion: usize) -> Value {
+pub(super) fn usage(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
-fn tool_calls_json(calls: &[tools::ParsedCall]) -> Vec<Value> {
+pub(super) fn tool_calls_json(calls: &[tools::ParsedCall]) -> Vec<Value> {
     calls
         .iter()
         .map(|c| json!({"id": generation::new_id("call"), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
@@ -273,7 +279,7 @@ fn choice_json(model: &ServedModel, plan: &Plan, index: usize, c: Collected) -> 
     })
 }
 
-fn logprob_json(model: &ServedModel, token: u32, lp: &TokenLogprob) -> Value {
+pub(super) fn logprob_json(model: &ServedModel, token: u32, lp: &TokenLogprob) -> Value {
     let entry = |id: u32, logprob: f32| {
         let text = generation::token_text(model, id);
         json!({"token": text, "logprob": logprob, "bytes": model.loaded.tokenizer.token_bytes(id)})
@@ -281,128 +287,4 @@ fn logprob_json(model: &ServedModel, token: u32, lp: &TokenLogprob) -> Value {
     let mut v = entry(token, lp.logprob);
     v["top_logprobs"] = Value::Array(lp.top.iter().map(|&(id, l)| entry(id, l)).collect());
     v
-}
-
-/// Per-choice streaming state.
-struct ChoiceState {
-    held: String,
-    holding: bool,
-    timer: Timer,
-    tokens: usize,
-    prompt: usize,
-    done: bool,
-}
-
-fn stream(
-    state: AppState,
-    model: std::sync::Arc<ServedModel>,
-    plan: Plan,
-    receivers: Vec<tokio::sync::mpsc::UnboundedReceiver<SeqEvent>>,
-    id: String,
-) -> impl IntoResponse {
-    let created = generation::unix_now();
-    let n = receivers.len();
-    let keep_alive = state.keep_alive;
-    let include_usage = plan.valid.include_usage;
-    let merged = futures::stream::select_all(
-        receivers
-            .into_iter()
-            .enumerate()
-            .map(|(i, rx)| UnboundedReceiverStream::new(rx).map(move |ev| (i, ev))),
-    );
-    let chunk = {
-        let (id, name) = (id.clone(), model.name.clone());
-        move |choices: Value, usage: Option<Value>| {
-            let mut v = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": name, "system_fingerprint": fingerprint(), "choices": choices});
-            if include_usage {
-                v["usage"] = usage.unwrap_or(Value::Null);
-            }
-            Event::default().data(v.to_string())
-        }
-    };
-    let first: Vec<Result<Event, Infallible>> = (0..n)
-        .map(|i| Ok(chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None)))
-        .collect();
-    let tools_on = plan.mode != ToolMode::Off;
-    let mut states: Vec<ChoiceState> = (0..n)
-        .map(|_| ChoiceState {
-            held: String::new(),
-            holding: tools_on,
-            timer: Timer::new(),
-            tokens: 0,
-            prompt: 0,
-            done: false,
-        })
-        .collect();
-    let body = merged.map(move |(i, ev)| {
-        let mut out = Vec::new();
-        let s = &mut states[i];
-        match ev {
-            SeqEvent::Started { prompt, .. } => s.prompt = prompt,
-            SeqEvent::Error(e) => {
-                let err = ApiError::from(e);
-                out.push(Event::default().data(json!(err.body()).to_string()));
-                s.done = true;
-            }
-            SeqEvent::Token(t) => {
-                s.timer.token(&state);
-                s.tokens += 1;
-                let lp = plan.logprobs.and_then(|_| t.logprob.as_ref().map(|lp| json!({"content": [logprob_json(&model, t.token, lp)]})));
-                let mut text = t.text.clone();
-                if s.holding {
-                    s.held.push_str(&text);
-                    text.clear();
-                    if !tools::may_be_call(&s.held) {
-                        s.holding = false;
-                        text = std::mem::take(&mut s.held);
-                    }
-                }
-                if !text.is_empty() || (lp.is_some() && !s.holding) {
-                    out.push(chunk(json!([{"index": i, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}]), None));
-                }
-                if let Some(f) = t.finish {
-                    let mut finish = f.as_str();
-                    if s.holding {
-                        let (content, calls) = tools::parse_calls(&s.held);
-                        let calls: Vec<_> = if plan.parallel { calls } else { calls.into_iter().take(1).collect() };
-                        if !content.is_empty() || calls.is_empty() {
-                            let text = if calls.is_empty() { std::mem::take(&mut s.held) } else { content };
-                            out.push(chunk(json!([{"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]), None));
-                        }
-                        for (k, (c, full)) in calls.iter().zip(tool_calls_json(&calls)).enumerate() {
-                            let head = json!([{"index": i, "delta": {"tool_calls": [{"index": k, "id": full["id"], "type": "function", "function": {"name": c.name, "arguments": ""}}]}, "logprobs": null, "finish_reason": null}]);
-                            out.push(chunk(head, None));
-                            for frag in fragments(&c.arguments) {
-                                out.push(chunk(json!([{"index": i, "delta": {"tool_calls": [{"index": k, "function": {"arguments": frag}}]}, "logprobs": null, "finish_reason": null}]), None));
-                            }
-                        }
-                        if !calls.is_empty() {
-                            finish = "tool_calls";
-                        }
-                    }
-                    out.push(chunk(json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": finish}]), None));
-                    s.done = true;
-                }
-            }
-        }
-        let all_done = states.iter().all(|s| s.done);
-        if all_done {
-            if include_usage {
-                let prompt = states.iter().map(|s| s.prompt).max().unwrap_or(0);
-                let completion: usize = states.iter().map(|s| s.tokens).sum();
-                out.push(chunk(json!([]), Some(usage(prompt, completion))));
-            }
-            out.push(Event::default().data("[DONE]"));
-        }
-        out
-    })
-    .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok::<_, Infallible>)));
-    Sse::new(futures::stream::iter(first).chain(body))
-        .keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
-}
-
-/// Splits JSON argument text into a few fragments, as streamed deltas.
-fn fragments(s: &str) -> Vec<String> {
-    let chars: Vec<char> = s.chars().collect();
-    chars.chunks(16).map(|c| c.iter().collect()).collect()
 }

@@ -1,20 +1,21 @@
 //! `POST /v1/completions`: raw prompts (text, texts, token ids, lists of token ids), `echo`,
 //! `logprobs`, `n`, streaming. With `echo: true` and `max_tokens: 0` it scores the prompt itself
 //! (log-probability of every prompt token after the first, with alternatives), which is how
-//! OpenAI clients score a given text.
+//! OpenAI clients score a given text. Scoring is a job of the scheduler, like generation.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::engine::model::{Batch, SeqKv};
-use crate::engine::sampler::{self, TokenLogprob};
+use crate::engine::sampler::TokenLogprob;
 use crate::engine::scheduler::SeqEvent;
 use crate::service::{ServedModel, chat::tokenize_rendered};
 
@@ -22,6 +23,9 @@ use super::error::Json;
 use super::generation::{self, Timer};
 use super::types::{CompletionRequest, PromptSpec};
 use super::{ApiError, AppState};
+
+/// `max_tokens` when the request names none (OpenAI's default for completions).
+const DEFAULT_MAX_TOKENS: usize = 16;
 
 fn prompts(model: &ServedModel, spec: &PromptSpec) -> Result<Vec<Vec<u32>>, ApiError> {
     let vocab = model.loaded.tokenizer.vocab_size() as u32;
@@ -44,32 +48,6 @@ fn prompts(model: &ServedModel, spec: &PromptSpec) -> Result<Vec<Vec<u32>>, ApiE
         ));
     }
     Ok(lists)
-}
-
-/// Log-probabilities of every prompt token given the ones before it (the first has none).
-fn score(
-    model: &ServedModel,
-    ids: &[u32],
-    top: usize,
-) -> Result<Vec<Option<TokenLogprob>>, ApiError> {
-    let m = &model.loaded.model;
-    let mut pool = m.new_pool(ids.len());
-    let mut seqs = [SeqKv::default()];
-    let mut batch = Batch::default();
-    for (i, &t) in ids.iter().enumerate() {
-        batch.push(t, i, 0, i + 1 < ids.len());
-    }
-    let logits = m.forward(&batch, &mut pool, &mut seqs)?;
-    let vocab = m.config().vocab;
-    let mut out = vec![None];
-    for (i, &t) in ids.iter().enumerate().skip(1) {
-        out.push(Some(sampler::logprobs(
-            &logits[(i - 1) * vocab..i * vocab],
-            t,
-            top,
-        )));
-    }
-    Ok(out)
 }
 
 fn logprobs_json(
@@ -108,7 +86,10 @@ pub async fn completions(
     State(state): State<AppState>,
     Json(req): Json<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let valid = generation::validate(&req.sampling)?;
+    let start = Instant::now();
+    let mut valid = generation::validate(&req.sampling)?;
+    // OpenAI's default for (legacy) completions.
+    valid.max_tokens.get_or_insert(DEFAULT_MAX_TOKENS);
     let top = match req.logprobs {
         Some(k) if !(0..=20).contains(&k) => {
             return Err(ApiError::invalid(
@@ -140,9 +121,32 @@ pub async fn completions(
                 "`echo` is not supported with `stream`",
             ));
         }
-        let receivers = generation::submit_all(&state, &model, reqs)?;
-        return Ok(stream(state, model, receivers, id, valid.include_usage).into_response());
+        let receivers = if generate {
+            generation::submit_all(&state, &model, reqs)?
+        } else {
+            Vec::new()
+        };
+        let prompt_tokens = lists.iter().map(Vec::len).sum();
+        let s = Stream {
+            state,
+            model,
+            id,
+            start,
+            top,
+            include_usage: valid.include_usage,
+        };
+        return Ok(s
+            .respond(receivers, lists.len() * valid.n, prompt_tokens)
+            .into_response());
     }
+    // Scoring the prompts (echo with logprobs) runs through the scheduler like generation.
+    let mut scorers = Vec::new();
+    if let (true, Some(k)) = (req.echo, top) {
+        for ids in &lists {
+            scorers.push(model.scheduler.score(ids.clone(), k)?);
+        }
+    }
+    let mut scorers = scorers.into_iter();
     let receivers = if generate {
         generation::submit_all(&state, &model, reqs)?
     } else {
@@ -152,20 +156,13 @@ pub async fn completions(
     let mut completion_tokens = 0;
     let mut receivers = receivers.into_iter();
     for (p, ids) in lists.iter().enumerate() {
-        let prompt_scores = match (req.echo, top) {
-            (true, Some(k)) => {
-                let (m, ids) = (model.clone(), ids.clone());
-                Some(
-                    tokio::task::spawn_blocking(move || score(&m, &ids, k))
-                        .await
-                        .map_err(|e| ApiError::Internal(e.to_string()))??,
-                )
-            }
-            _ => None,
+        let prompt_scores = match scorers.next() {
+            Some(rx) => Some(generation::scores(rx).await?),
+            None => None,
         };
         for j in 0..valid.n {
             let c = match receivers.next() {
-                Some(rx) => generation::collect(&state, rx).await?,
+                Some(rx) => generation::collect(&state, rx, start).await?,
                 None => generation::Collected {
                     finish: Some(crate::engine::generate::FinishReason::Length),
                     ..Default::default()
@@ -207,56 +204,100 @@ pub async fn completions(
     .into_response())
 }
 
-fn stream(
+/// A completion about to be streamed.
+struct Stream {
     state: AppState,
     model: Arc<ServedModel>,
-    receivers: Vec<tokio::sync::mpsc::UnboundedReceiver<SeqEvent>>,
     id: String,
+    start: Instant,
+    top: Option<usize>,
     include_usage: bool,
-) -> impl IntoResponse {
-    let created = generation::unix_now();
-    let n = receivers.len();
-    let keep_alive = state.keep_alive;
-    let merged = futures::stream::select_all(
-        receivers
-            .into_iter()
-            .enumerate()
-            .map(|(i, rx)| UnboundedReceiverStream::new(rx).map(move |ev| (i, ev))),
-    );
-    let mut done = vec![false; n];
-    let mut timers: Vec<Timer> = (0..n).map(|_| Timer::new()).collect();
-    let (mut prompt, mut completion) = (vec![0usize; n], 0usize);
-    let body = merged
-        .map(move |(i, ev)| {
-            let chunk = |choices: Value| json!({"id": id, "object": "text_completion", "created": created, "model": model.name, "choices": choices});
-            let mut out = Vec::new();
-            match ev {
-                SeqEvent::Started { prompt: p, .. } => prompt[i] = p,
-                SeqEvent::Error(e) => {
-                    out.push(Event::default().data(json!(ApiError::from(e).body()).to_string()));
-                    done[i] = true;
-                }
-                SeqEvent::Token(t) => {
-                    timers[i].token(&state);
-                    completion += 1;
-                    let finish = t.finish.map(|f| f.as_str());
-                    if !t.text.is_empty() || finish.is_some() {
-                        out.push(Event::default().data(chunk(json!([{"index": i, "text": t.text, "logprobs": null, "finish_reason": finish}])).to_string()));
+}
+
+impl Stream {
+    /// The SSE response for `n` choices; without receivers (`max_tokens: 0`) every choice
+    /// finishes at once.
+    fn respond(
+        self,
+        receivers: Vec<UnboundedReceiver<SeqEvent>>,
+        n: usize,
+        prompt_tokens: usize,
+    ) -> impl IntoResponse {
+        let created = generation::unix_now();
+        let keep_alive = self.state.keep_alive;
+        let mut empty = Vec::new();
+        if receivers.is_empty() {
+            for i in 0..n {
+                empty.push(self.chunk(
+                    created,
+                    json!([{"index": i, "text": "", "logprobs": null, "finish_reason": "length"}]),
+                ));
+            }
+            empty.extend(self.end(created, prompt_tokens, 0));
+        }
+        let merged = futures::stream::select_all(
+            receivers
+                .into_iter()
+                .enumerate()
+                .map(|(i, rx)| UnboundedReceiverStream::new(rx).map(move |ev| (i, ev))),
+        );
+        let mut done = vec![false; n];
+        let mut timers: Vec<Timer> = (0..n).map(|_| Timer::since(self.start)).collect();
+        let mut offsets = vec![0usize; n];
+        let mut completion = 0usize;
+        let body = merged
+            .map(move |(i, ev)| {
+                let mut out = Vec::new();
+                match ev {
+                    SeqEvent::Started { .. } | SeqEvent::Scored(_) => {}
+                    SeqEvent::Error(e) => {
+                        out.push(Event::default().data(json!(ApiError::from(e).body()).to_string()));
+                        done[i] = true;
                     }
-                    done[i] |= finish.is_some();
+                    SeqEvent::Failed(detail) => {
+                        out.push(Event::default().data(json!(ApiError::Internal(detail).body()).to_string()));
+                        done[i] = true;
+                    }
+                    SeqEvent::Token(t) => {
+                        timers[i].token(&self.state);
+                        completion += 1;
+                        let finish = t.finish.map(|f| f.as_str());
+                        let logprobs = match self.top {
+                            Some(_) => logprobs_json(&self.model, &[(t.token, t.logprob)], offsets[i]),
+                            None => Value::Null,
+                        };
+                        offsets[i] += t.text.len();
+                        if !t.text.is_empty() || finish.is_some() || self.top.is_some() {
+                            let c = json!([{"index": i, "text": t.text, "logprobs": logprobs, "finish_reason": finish}]);
+                            out.push(self.chunk(created, c));
+                        }
+                        done[i] |= finish.is_some();
+                    }
                 }
-            }
-            if done.iter().all(|d| *d) {
-                if include_usage {
-                    let p: usize = prompt.iter().sum();
-                    let mut v = chunk(json!([]));
-                    v["usage"] = json!({"prompt_tokens": p, "completion_tokens": completion, "total_tokens": p + completion});
-                    out.push(Event::default().data(v.to_string()));
+                if done[i] && done.iter().all(|d| *d) {
+                    out.extend(self.end(created, prompt_tokens, completion));
                 }
-                out.push(Event::default().data("[DONE]"));
-            }
-            out
-        })
-        .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok::<_, Infallible>)));
-    Sse::new(body).keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
+                out
+            })
+            .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok::<_, Infallible>)));
+        let body = futures::stream::iter(empty.into_iter().map(Ok::<_, Infallible>)).chain(body);
+        Sse::new(body).keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
+    }
+
+    fn chunk(&self, created: u64, choices: Value) -> Event {
+        let v = json!({"id": self.id, "object": "text_completion", "created": created, "model": self.model.name, "choices": choices});
+        Event::default().data(v.to_string())
+    }
+
+    /// The usage chunk (when asked for) and `[DONE]`.
+    fn end(&self, created: u64, prompt: usize, completion: usize) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.include_usage {
+            let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+            let v = json!({"id": self.id, "object": "text_completion", "created": created, "model": self.model.name, "choices": [], "usage": usage});
+            out.push(Event::default().data(v.to_string()));
+        }
+        out.push(Event::default().data("[DONE]"));
+        out
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::engine::constrain::{BoundConstraint, Constraint, ConstraintSpec};
 use crate::engine::generate::{FinishReason, GenerationRequest};
 use crate::engine::sampler::{SamplingParams, TokenLogprob};
 use crate::engine::scheduler::SeqEvent;
@@ -19,6 +20,8 @@ use super::{ApiError, AppState};
 pub struct Valid {
     pub sampling: SamplingParams,
     pub max_tokens: Option<usize>,
+    /// The name the client gave the length limit (`max_tokens` or `max_completion_tokens`).
+    pub max_tokens_param: &'static str,
     pub stop: Vec<String>,
     pub n: usize,
     pub stream: bool,
@@ -38,11 +41,15 @@ fn range(param: &str, v: Option<f32>, lo: f32, hi: f32, default: f32) -> Result<
 
 /// Validates the shared fields (parse, don't validate: deeper layers get engine types).
 pub fn validate(f: &SamplingFields) -> Result<Valid, ApiError> {
+    let max_tokens_param = match f.max_completion_tokens {
+        Some(_) => "max_completion_tokens",
+        None => "max_tokens",
+    };
     let max_tokens = match (f.max_completion_tokens, f.max_tokens) {
         (Some(v), _) | (None, Some(v)) if v < 0 => {
             return Err(ApiError::invalid(
-                "max_tokens",
-                format!("`max_tokens` must be non-negative, got {v}"),
+                max_tokens_param,
+                format!("`{max_tokens_param}` must be non-negative, got {v}"),
             ));
         }
         (Some(v), _) | (None, Some(v)) => Some(v as usize),
@@ -81,6 +88,7 @@ pub fn validate(f: &SamplingFields) -> Result<Valid, ApiError> {
     Ok(Valid {
         sampling,
         max_tokens,
+        max_tokens_param,
         stop,
         n: n as usize,
         stream: f.stream,
@@ -123,6 +131,22 @@ pub fn request(
     Ok(req)
 }
 
+/// Binds a constraint to the model and compiles it once, so that a grammar or schema that does
+/// not compile is a 400 before anything is queued (and before a stream has started).
+pub async fn bind_constraint(
+    model: &Arc<ServedModel>,
+    spec: ConstraintSpec,
+) -> Result<BoundConstraint, ApiError> {
+    let model = model.clone();
+    tokio::task::spawn_blocking(move || {
+        let env = model.constraint_env().map_err(ApiError::Internal)?;
+        Constraint::new(&spec, &env)?;
+        Ok(BoundConstraint { spec, env })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
 /// Submits every request; a full queue refuses the whole call.
 pub fn submit_all(
     state: &AppState,
@@ -157,12 +181,9 @@ pub struct Timer {
 }
 
 impl Timer {
-    /// Starts timing a request.
-    pub fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last: None,
-        }
+    /// Times a request that arrived at `start`.
+    pub fn since(start: Instant) -> Self {
+        Self { start, last: None }
     }
 
     /// Records a token.
@@ -180,13 +201,14 @@ impl Timer {
     }
 }
 
-/// Waits for a choice to finish.
+/// Waits for a choice of a request submitted at `start` to finish.
 pub async fn collect(
     state: &AppState,
     mut rx: UnboundedReceiver<SeqEvent>,
+    start: Instant,
 ) -> Result<Collected, ApiError> {
     let mut c = Collected::default();
-    let mut timer = Timer::new();
+    let mut timer = Timer::since(start);
     while let Some(ev) = rx.recv().await {
         match ev {
             SeqEvent::Started { prompt, .. } => c.prompt_tokens = prompt,
@@ -203,6 +225,30 @@ pub async fn collect(
                 }
             }
             SeqEvent::Error(e) => return Err(e.into()),
+            SeqEvent::Failed(detail) => return Err(ApiError::Internal(detail)),
+            SeqEvent::Scored(_) => {
+                return Err(ApiError::Internal("scores for a generation".into()));
+            }
+        }
+    }
+    Err(ApiError::Internal(
+        "the inference worker dropped the request".into(),
+    ))
+}
+
+/// Waits for a scoring job's result.
+pub async fn scores(
+    mut rx: UnboundedReceiver<SeqEvent>,
+) -> Result<Vec<Option<TokenLogprob>>, ApiError> {
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            SeqEvent::Started { .. } => {}
+            SeqEvent::Scored(s) => return Ok(s),
+            SeqEvent::Error(e) => return Err(e.into()),
+            SeqEvent::Failed(detail) => return Err(ApiError::Internal(detail)),
+            SeqEvent::Token(_) => {
+                return Err(ApiError::Internal("tokens for a scoring job".into()));
+            }
         }
     }
     Err(ApiError::Internal(

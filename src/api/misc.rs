@@ -43,12 +43,15 @@ pub async fn embeddings(
     if let Some(m) = req.model.as_deref().filter(|m| *m != name) {
         return Err(ApiError::ModelNotFound(m.to_string()));
     }
-    if req.encoding_format.as_deref().is_some_and(|f| f != "float") {
-        return Err(ApiError::invalid(
-            "encoding_format",
-            "only `float` is supported",
-        ));
-    }
+    // The openai SDKs ask for base64 unless told otherwise.
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            let msg = format!("`encoding_format` must be `float` or `base64`, got `{other}`");
+            return Err(ApiError::invalid("encoding_format", msg));
+        }
+    };
     let embedder = match state.registry.embedder() {
         None => return Err(ApiError::Loading),
         Some(Err(e)) => {
@@ -80,11 +83,42 @@ pub async fn embeddings(
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                json!(base64_f32(&v))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
         .collect();
     Ok(Json(
         json!({"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
     ))
+}
+
+/// Little-endian `f32` bytes in standard base64 with padding, as OpenAI encodes embeddings.
+fn base64_f32(v: &[f32]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for (k, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            let c = if k <= chunk.len() {
+                ALPHABET[(n >> shift) as usize & 63]
+            } else {
+                b'='
+            };
+            out.push(c as char);
+        }
+    }
+    out
 }
 
 fn embed_texts(
@@ -197,4 +231,15 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// Unknown routes: OpenAI-shaped 404.
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(uri.path().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        // 1.0f32 = 00 00 80 3f; 2.0f32 = 00 00 00 40.
+        assert_eq!(super::base64_f32(&[1.0]), "AACAPw==");
+        assert_eq!(super::base64_f32(&[1.0, 2.0]), "AACAPwAAAEA=");
+        assert_eq!(super::base64_f32(&[]), "");
+    }
 }

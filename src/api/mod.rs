@@ -3,6 +3,7 @@
 
 mod auth;
 mod chat;
+mod chat_stream;
 mod completions;
 pub mod error;
 mod generation;

@@ -71,6 +71,9 @@ pub enum EngineError {
         /// Why it is invalid.
         reason: String,
     },
+    /// The compute device (`WARD_DEVICE`) is unknown or unavailable, or an operation on it failed.
+    #[error("device: {0}")]
+    Device(String),
 }
 
 /// Result type of the engine layer.

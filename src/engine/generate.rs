@@ -172,6 +172,12 @@ impl Sequence {
         self.cached = (self.cached + n).min(self.tokens.len());
     }
 
+    /// Why the constraint's parser failed, if it did (the sequence then ended with `Stop` and
+    /// its output does not match the grammar). An internal error, for the log and a 500.
+    pub fn constraint_error(&self) -> Option<String> {
+        self.constraint.as_ref().and_then(Constraint::error)
+    }
+
     /// Ends the sequence early (client gone).
     pub fn cancel(&mut self) {
         self.finish.get_or_insert(FinishReason::Cancelled);

@@ -22,11 +22,14 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads a GGUF file. A model without `tokenizer.chat_template` gets the plain fallback
-    /// template, with a warning.
+    /// Loads a GGUF file on the device named by `WARD_DEVICE` (`cpu`, the default: ward's own
+    /// engine; `cuda`, `cuda:N` or `candle-cpu`: the candle backend). A model without
+    /// `tokenizer.chat_template` gets the plain fallback template, with a warning.
     pub fn open(path: &Path) -> Result<Self> {
         let start = Instant::now();
-        let model = model::load(path)?;
+        let device = std::env::var("WARD_DEVICE").unwrap_or_else(|_| "cpu".into());
+        tracing::info!(path = %path.display(), device = %device, "loading model");
+        let model = model::load_on(path, &device)?;
         let md = model.metadata();
         let tokenizer = Tokenizer::from_gguf(md)?;
         let piece = |id: Option<u32>| {

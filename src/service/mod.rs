@@ -30,13 +30,23 @@ pub struct ServedModel {
 
 impl ServedModel {
     fn new(name: &str, loaded: Arc<LoadedModel>, scheduler: SchedulerHandle) -> Self {
-        Self { name: name.to_string(), loaded, scheduler, created: now(), constraint_env: OnceLock::new() }
+        Self {
+            name: name.to_string(),
+            loaded,
+            scheduler,
+            created: now(),
+            constraint_env: OnceLock::new(),
+        }
     }
 
     /// The model's constrained-decoding environment (built once, on first use).
     pub fn constraint_env(&self) -> Result<Arc<ConstraintEnv>, String> {
         self.constraint_env
-            .get_or_init(|| ConstraintEnv::new(&self.loaded.tokenizer).map(Arc::new).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                ConstraintEnv::new(&self.loaded.tokenizer)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
             .clone()
     }
 }
@@ -78,15 +88,27 @@ impl Registry {
         resolve: impl Fn(&str) -> anyhow::Result<PathBuf> + Send + Sync + Clone + 'static,
         cfg: SchedulerConfig,
     ) {
-        let names: Vec<String> = self.slots.read().map(|s| s.keys().cloned().collect()).unwrap_or_default();
+        let names: Vec<String> = self
+            .slots
+            .read()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default();
         for name in names {
             let (reg, resolve, cfg) = (self.clone(), resolve.clone(), cfg.clone());
             std::thread::spawn(move || {
                 let slot = match resolve(&name).and_then(|p| Ok(LoadedModel::open(&p)?)) {
                     Ok(m) => {
                         let loaded = Arc::new(m);
-                        let kv = cfg.kv_tokens.max(loaded.context_length().min(cfg.kv_tokens * 4));
-                        let scheduler = scheduler::spawn(loaded.clone(), SchedulerConfig { kv_tokens: kv, ..cfg });
+                        let kv = cfg
+                            .kv_tokens
+                            .max(loaded.context_length().min(cfg.kv_tokens * 4));
+                        let scheduler = scheduler::spawn(
+                            loaded.clone(),
+                            SchedulerConfig {
+                                kv_tokens: kv,
+                                ..cfg
+                            },
+                        );
                         tracing::info!(model = %name, seconds = loaded.load_seconds, "model ready");
                         Slot::Ready(Arc::new(ServedModel::new(&name, loaded, scheduler)))
                     }
@@ -139,7 +161,11 @@ impl Registry {
 
     /// All slots, by name.
     pub fn slots(&self) -> Vec<(String, Slot)> {
-        let mut v: Vec<_> = self.slots.read().map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        let mut v: Vec<_> = self
+            .slots
+            .read()
+            .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -151,5 +177,8 @@ impl Registry {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -13,7 +13,10 @@ use ward::api::router;
 use ward::engine::scheduler::SchedulerConfig;
 
 fn small() -> SchedulerConfig {
-    SchedulerConfig { kv_tokens: 8192, ..SchedulerConfig::default() }
+    SchedulerConfig {
+        kv_tokens: 8192,
+        ..SchedulerConfig::default()
+    }
 }
 
 async fn wait_idle(app: &App, within: Duration) -> bool {
@@ -30,7 +33,10 @@ async fn wait_idle(app: &App, within: Duration) -> bool {
 async fn wait_running(app: &App) {
     let start = Instant::now();
     while app.running() == 0 {
-        assert!(start.elapsed() < Duration::from_secs(60), "the request never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the request never started"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -38,7 +44,14 @@ async fn wait_running(app: &App) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_are_all_served() {
     let app = app_with(small(), &[]);
-    let bodies: Vec<_> = (0..5).map(|i| chat(&format!("Give me fact number {i} about DNS."), json!({"max_tokens": 8}))).collect();
+    let bodies: Vec<_> = (0..5)
+        .map(|i| {
+            chat(
+                &format!("Give me fact number {i} about DNS."),
+                json!({"max_tokens": 8}),
+            )
+        })
+        .collect();
     let calls = bodies.iter().map(|b| post(&app, "/v1/chat/completions", b));
     for r in futures::future::join_all(calls).await {
         let v = r.ok_json();
@@ -51,19 +64,31 @@ async fn concurrent_clients_are_all_served() {
 async fn disconnect_mid_stream_cancels() {
     let app = app_with(small(), &[]);
     let body = json!({"prompt": "Here is a very long list of random words:", "max_tokens": 6000, "temperature": 1.5, "stream": true});
-    let resp = app.router.clone().oneshot(request(Method::POST, "/v1/completions", Some(&body), None)).await.unwrap();
+    let resp = app
+        .router
+        .clone()
+        .oneshot(request(Method::POST, "/v1/completions", Some(&body), None))
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let mut body = resp.into_body();
     let mut data_frames = 0;
     while data_frames < 3 {
-        let frame = tokio::time::timeout(REQUEST_TIMEOUT, body.frame()).await.expect("frame timeout").expect("stream ended early").unwrap();
+        let frame = tokio::time::timeout(REQUEST_TIMEOUT, body.frame())
+            .await
+            .expect("frame timeout")
+            .expect("stream ended early")
+            .unwrap();
         if frame.data_ref().is_some_and(|d| d.starts_with(b"data:")) {
             data_frames += 1;
         }
     }
     assert_eq!(app.running(), 1, "generating while the client reads");
     drop(body);
-    assert!(wait_idle(&app, Duration::from_secs(2)).await, "dropping the stream cancels the generation");
+    assert!(
+        wait_idle(&app, Duration::from_secs(2)).await,
+        "dropping the stream cancels the generation"
+    );
     let m = get(&app, "/metrics").await.body;
     assert_eq!(metric(&m, "ward_running_sequences"), Some(0.0), "{m}");
 }
@@ -72,25 +97,93 @@ async fn disconnect_mid_stream_cancels() {
 async fn disconnect_while_waiting_cancels() {
     // A non-streamed request whose client gives up.
     let app = app_with(small(), &[]);
-    let body = chat("Write an endless story.", json!({"max_tokens": 6000, "temperature": 1.5}));
+    let body = chat(
+        "Write an endless story.",
+        json!({"max_tokens": 6000, "temperature": 1.5}),
+    );
     let router = app.router.clone();
-    let task = tokio::spawn(async move { router.oneshot(request(Method::POST, "/v1/chat/completions", Some(&body), None)).await });
+    let task = tokio::spawn(async move {
+        router
+            .oneshot(request(
+                Method::POST,
+                "/v1/chat/completions",
+                Some(&body),
+                None,
+            ))
+            .await
+    });
     wait_running(&app).await;
     task.abort();
     let _ = task.await;
-    assert!(wait_idle(&app, Duration::from_secs(2)).await, "an abandoned request is cancelled");
+    assert!(
+        wait_idle(&app, Duration::from_secs(2)).await,
+        "an abandoned request is cancelled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_during_long_prefill() {
     let mut app = app_with(small(), &[]);
-    app.state.keep_alive = Duration::from_millis(10);
+    app.state.keep_alive = Duration::from_millis(5);
     app.router = router(app.state.clone());
-    let long = "Log line: connection accepted from a host. ".repeat(300);
-    let resp = post(&app, "/v1/chat/completions", &chat(&long, json!({"max_tokens": 2, "stream": true}))).await;
+    let long = "Log line: connection accepted from a host. ".repeat(100);
+    let resp = post(
+        &app,
+        "/v1/chat/completions",
+        &chat(&long, json!({"max_tokens": 2, "stream": true})),
+    )
+    .await;
     assert_eq!(resp.status.as_u16(), 200, "{}", resp.body);
-    let first_comment = resp.body.lines().position(|l| l.starts_with(':')).expect("keep-alive comments during prefill");
-    let first_content = resp.body.lines().position(|l| l.contains("\"content\"") && !l.contains("\"role\"")).unwrap_or(usize::MAX);
-    assert!(first_comment < first_content, "comments come while the prompt is processed");
+    let first_comment = resp
+        .body
+        .lines()
+        .position(|l| l.starts_with(':'))
+        .expect("keep-alive comments during prefill");
+    let first_content = resp
+        .body
+        .lines()
+        .position(|l| l.contains("\"content\"") && !l.contains("\"role\""))
+        .unwrap_or(usize::MAX);
+    assert!(
+        first_comment < first_content,
+        "comments come while the prompt is processed"
+    );
     sse_events(&resp.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_cache_pressure_queues_instead_of_failing() {
+    // Three prompts of 330 tokens with max_tokens 11 reserve 3 x 341 <= 1024 positions, but in
+    // 32-position blocks they need 3 x 11 blocks > 32: the third must wait, not break the batch.
+    let app = app_with(
+        SchedulerConfig {
+            kv_tokens: 1024,
+            max_running: 3,
+            ..SchedulerConfig::default()
+        },
+        &[],
+    );
+    let text = "Firewall rule updated for subnet 10.0.0.0/8 after repeated scans. ".repeat(40);
+    let ids = post(&app, "/tokenize", &json!({"content": text}))
+        .await
+        .ok_json()["tokens"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(ids.len() >= 340);
+    let bodies: Vec<_> = (0..3u64)
+        .map(|i| {
+            let mut p: Vec<serde_json::Value> = ids[..330].to_vec();
+            p[0] = json!(100 + i); // distinct prompts: no prefix sharing
+            json!({"prompt": p, "max_tokens": 11, "temperature": 1.0})
+        })
+        .collect();
+    let calls = bodies.iter().map(|b| post(&app, "/v1/completions", b));
+    for r in futures::future::join_all(calls).await {
+        let v = r.ok_json();
+        assert!(v["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    }
+    // The same prompt again now comes partly from the prefix cache and still fits.
+    let again = post(&app, "/v1/completions", &bodies[0]).await;
+    again.ok_json();
 }

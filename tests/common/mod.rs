@@ -72,12 +72,18 @@ pub fn app_with(cfg: SchedulerConfig, keys: &[&str]) -> App {
     registry.insert(MODEL, loaded(), cfg);
     registry.set_embedder(embedder());
     let state = AppState::new(registry, keys.iter().map(|k| k.to_string()).collect());
-    App { router: router(state.clone()), state }
+    App {
+        router: router(state.clone()),
+        state,
+    }
 }
 
 /// The scheduler configuration of the shared app (the server's defaults, a smaller cache).
 pub fn test_config() -> SchedulerConfig {
-    SchedulerConfig { kv_tokens: 16_384, ..SchedulerConfig::default() }
+    SchedulerConfig {
+        kv_tokens: 16_384,
+        ..SchedulerConfig::default()
+    }
 }
 
 /// One router shared by the tests that need nothing special.
@@ -100,24 +106,39 @@ pub struct Resp {
 impl Resp {
     /// The body as JSON (panics with the body when it is not).
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.body))
     }
 
     /// Asserts a 200 and returns the JSON body.
     pub fn ok_json(&self) -> Value {
-        assert_eq!(self.status, StatusCode::OK, "expected 200, got {}: {}", self.status, self.body);
+        assert_eq!(
+            self.status,
+            StatusCode::OK,
+            "expected 200, got {}: {}",
+            self.status,
+            self.body
+        );
         self.json()
     }
 }
 
 /// Builds a request; `body` is sent as JSON.
-pub fn request(method: Method, path: &str, body: Option<&Value>, key: Option<&str>) -> Request<Body> {
+pub fn request(
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    key: Option<&str>,
+) -> Request<Body> {
     let mut b = Request::builder().method(method).uri(path);
     if let Some(k) = key {
         b = b.header(header::AUTHORIZATION, format!("Bearer {k}"));
     }
     match body {
-        Some(v) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(v.to_string())).unwrap(),
+        Some(v) => b
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(v.to_string()))
+            .unwrap(),
         None => b.body(Body::empty()).unwrap(),
     }
 }
@@ -125,12 +146,22 @@ pub fn request(method: Method, path: &str, body: Option<&Value>, key: Option<&st
 /// Sends a request and reads the whole response.
 pub async fn send(router: &Router, req: Request<Body>) -> Resp {
     let fut = async {
-        let resp = router.clone().oneshot(req).await.expect("the router is infallible");
+        let resp = router
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("the router is infallible");
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.expect("reading the body").to_bytes();
-        Resp { status: parts.status, headers: parts.headers, body: String::from_utf8(bytes.to_vec()).expect("UTF-8 body") }
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8(bytes.to_vec()).expect("UTF-8 body"),
+        }
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, fut).await.expect("request timed out")
+    tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        .await
+        .expect("request timed out")
 }
 
 /// `POST path` with a JSON body.
@@ -146,28 +177,64 @@ pub async fn get(app: &App, path: &str) -> Resp {
 /// The `data:` payloads of an SSE body, in order. Asserts that the stream ends with
 /// `data: [DONE]` and that every other payload is JSON.
 pub fn sse_events(body: &str) -> Vec<Value> {
-    let data: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
-    assert_eq!(data.last().copied(), Some("[DONE]"), "the stream must end with [DONE]: {body}");
-    assert_eq!(data.iter().filter(|d| **d == "[DONE]").count(), 1, "exactly one [DONE]: {body}");
+    let data: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        data.last().copied(),
+        Some("[DONE]"),
+        "the stream must end with [DONE]: {body}"
+    );
+    assert_eq!(
+        data.iter().filter(|d| **d == "[DONE]").count(),
+        1,
+        "exactly one [DONE]: {body}"
+    );
     data[..data.len() - 1]
         .iter()
-        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("SSE payload is not JSON ({e}): {d}")))
+        .map(|d| {
+            serde_json::from_str(d).unwrap_or_else(|e| panic!("SSE payload is not JSON ({e}): {d}"))
+        })
         .collect()
 }
 
 /// Asserts OpenAI's error shape and status; returns the error object.
 pub fn assert_error(resp: &Resp, status: u16) -> Value {
-    assert_eq!(resp.status.as_u16(), status, "expected {status}: {}", resp.body);
-    let ct = resp.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    assert!(ct.starts_with("application/json"), "error content-type {ct:?}");
+    assert_eq!(
+        resp.status.as_u16(),
+        status,
+        "expected {status}: {}",
+        resp.body
+    );
+    let ct = resp
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(
+        ct.starts_with("application/json"),
+        "error content-type {ct:?}"
+    );
     let v = resp.json();
-    let e = v.get("error").unwrap_or_else(|| panic!("no `error` object: {v}"));
-    let obj = e.as_object().unwrap_or_else(|| panic!("`error` is not an object: {v}"));
+    let e = v
+        .get("error")
+        .unwrap_or_else(|| panic!("no `error` object: {v}"));
+    let obj = e
+        .as_object()
+        .unwrap_or_else(|| panic!("`error` is not an object: {v}"));
     for key in ["message", "type", "param", "code"] {
         assert!(obj.contains_key(key), "`error.{key}` missing: {v}");
     }
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "empty message: {v}");
-    assert!(e["type"].as_str().is_some_and(|m| !m.is_empty()), "empty type: {v}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "empty message: {v}"
+    );
+    assert!(
+        e["type"].as_str().is_some_and(|m| !m.is_empty()),
+        "empty type: {v}"
+    );
     assert!(e["param"].is_null() || e["param"].is_string(), "param: {v}");
     assert!(e["code"].is_null() || e["code"].is_string(), "code: {v}");
     e.clone()
@@ -175,7 +242,8 @@ pub fn assert_error(resp: &Resp, status: u16) -> Value {
 
 /// A chat request body with one user message.
 pub fn chat(content: &str, extra: Value) -> Value {
-    let mut v = serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": content}]});
+    let mut v =
+        serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": content}]});
     merge(&mut v, extra);
     v
 }
@@ -189,10 +257,17 @@ pub fn merge(v: &mut Value, extra: Value) {
 
 /// The text of the first choice of a chat completion.
 pub fn content(v: &Value) -> String {
-    v["choices"][0]["message"]["content"].as_str().unwrap_or_else(|| panic!("no content: {v}")).to_string()
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no content: {v}"))
+        .to_string()
 }
 
 /// A value of a Prometheus sample line `name{labels} value` (labels matched exactly).
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }

@@ -302,7 +302,7 @@ fn a_sequence_stops_when_its_grammar_is_complete() {
         }
     }
     assert!(["abd", "acd"].contains(&text.as_str()), "{text}");
-    assert!(seq.generated() <= 3);
+    assert!(seq.generated() <= 3 && seq.constraint_error().is_none());
 }
 
 #[test]

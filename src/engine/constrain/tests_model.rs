@@ -24,7 +24,8 @@ struct Setup {
     env: Arc<ConstraintEnv>,
 }
 
-fn setup() -> Setup {
+/// The model, with a canonical environment ([`ConstraintEnv::with_tokenizer`]) or not.
+fn setup_with(canonical: bool) -> Setup {
     let path = crate::catalog::ensure("smollm2-135m-instruct").expect("smollm2-135m-instruct");
     let LoadedModel {
         model,
@@ -33,14 +34,22 @@ fn setup() -> Setup {
         ..
     } = LoadedModel::open(&path).unwrap();
     let tok = Arc::new(tokenizer);
-    let env = Arc::new(ConstraintEnv::with_tokenizer(Arc::clone(&tok)).unwrap());
-    assert!(env.is_canonical());
+    let env = if canonical {
+        ConstraintEnv::with_tokenizer(Arc::clone(&tok)).unwrap()
+    } else {
+        ConstraintEnv::new(&tok).unwrap()
+    };
+    assert_eq!(env.is_canonical(), canonical);
     Setup {
         model,
         tok,
         template,
-        env,
+        env: Arc::new(env),
     }
+}
+
+fn setup() -> Setup {
+    setup_with(true)
 }
 
 impl Setup {
@@ -169,7 +178,14 @@ fn strict_schema_output_validates() {
 
 #[test]
 fn sampling_at_temperature_one_never_leaves_the_grammar() {
-    let s = setup();
+    // Both ways of spelling forced text: the tokenizer's own, and any tokens the model picks.
+    for canonical in [true, false] {
+        let s = setup_with(canonical);
+        temperature_one(&s, canonical);
+    }
+}
+
+fn temperature_one(s: &Setup, canonical: bool) {
     let spec = ConstraintSpec::JsonSchema {
         schema: person_schema(),
         strict: true,
@@ -177,21 +193,25 @@ fn sampling_at_temperature_one_never_leaves_the_grammar() {
     let mut finished = 0;
     for seed in 1..=3 {
         let out = s.run(ASK_PERSON, Some(spec.clone()), sampling(1.0, seed));
+        let seed = format!("seed {seed}, canonical {canonical}");
         match out.finish {
             FinishReason::Stop => {
                 let v: Value = serde_json::from_str(&out.text)
-                    .unwrap_or_else(|e| panic!("seed {seed}: {e}: {}", out.text));
-                check_person(&v).unwrap_or_else(|e| panic!("seed {seed}: {e}: {}", out.text));
+                    .unwrap_or_else(|e| panic!("{seed}: {e}: {}", out.text));
+                check_person(&v).unwrap_or_else(|e| panic!("{seed}: {e}: {}", out.text));
                 finished += 1;
             }
             // Cut off by max_tokens: what is there must be a prefix of valid JSON.
             _ => match serde_json::from_str::<Value>(&out.text) {
                 Err(e) if e.is_eof() => {}
-                other => panic!("seed {seed}: not a JSON prefix ({other:?}): {}", out.text),
+                other => panic!("{seed}: not a JSON prefix ({other:?}): {}", out.text),
             },
         }
     }
-    assert!(finished >= 2, "only {finished} of 3 outputs finished");
+    assert!(
+        finished >= 2,
+        "canonical {canonical}: {finished} of 3 outputs finished"
+    );
 }
 
 #[test]

@@ -124,6 +124,15 @@ impl BlockQ8x2 {
     }
 }
 
+/// Signed activations for the packed 32-wide kernels: `x ≈ d * qs`, `s = d * Σ qs`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockQ8s {
+    pub qs: [i8; 32],
+    pub d: f32,
+    pub s: f32,
+}
+
 /// Activations for the K-quants: `x ≈ d * qs`, `bsums[g] = Σ qs[16g..16g+16]`.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
@@ -131,7 +140,9 @@ pub struct BlockQ8K {
     pub qs: [i8; 256],
     pub bsums: [i16; 16],
     pub d: f32,
-    pub pad: [u8; 28],
+    /// `bsum32[g] = Σ qs[32g..32g+32]`, for the packed `Q4_K` / `Q5_K` kernel.
+    pub bsum32: [i16; 8],
+    pub pad: [u8; 12],
 }
 
 /// Plain-old-data blocks that can be viewed from raw bytes.
@@ -163,7 +174,9 @@ unsafe impl Pod for BlockQ5K {}
 unsafe impl Pod for BlockQ6K {}
 // SAFETY: 64 + 64 + 64 bytes, alignment 64, no padding.
 unsafe impl Pod for BlockQ8x2 {}
-// SAFETY: 256 + 32 + 4 + 28 bytes, alignment 64, no implicit padding.
+// SAFETY: 32 + 4 + 4 bytes, alignment 4, no padding.
+unsafe impl Pod for BlockQ8s {}
+// SAFETY: 256 + 32 + 4 + 16 + 12 bytes, alignment 64, no implicit padding.
 unsafe impl Pod for BlockQ8K {}
 
 /// Views `bytes` as blocks. Panics if the length is not a whole number of blocks or the
@@ -243,6 +256,7 @@ mod tests {
         assert_eq!(size_of::<BlockQ5K>(), 176);
         assert_eq!(size_of::<BlockQ6K>(), 210);
         assert_eq!(size_of::<BlockQ8x2>(), 192);
+        assert_eq!(size_of::<BlockQ8s>(), 40);
         assert_eq!(size_of::<BlockQ8K>(), 320);
     }
 }

@@ -60,16 +60,19 @@ pub enum Act {
     Q8,
     /// [`super::blocks::BlockQ8K`], 256 per block.
     Q8K,
+    /// [`super::blocks::BlockQ8s`], 32 per block (the packed 32-wide kernels).
+    Q8S,
 }
 
 impl Act {
     /// Bytes of one activation row of `cols` elements.
     pub fn row_bytes(self, cols: usize) -> usize {
-        use super::blocks::{BlockQ8K, BlockQ8x2, QK, QK_K};
+        use super::blocks::{BlockQ8K, BlockQ8s, BlockQ8x2, QK, QK_K};
         match self {
             Act::F32 => cols * 4,
             Act::Q8 => cols.div_ceil(2 * QK) * std::mem::size_of::<BlockQ8x2>(),
             Act::Q8K => cols / QK_K * std::mem::size_of::<BlockQ8K>(),
+            Act::Q8S => cols / QK * std::mem::size_of::<BlockQ8s>(),
         }
     }
 }

@@ -6,12 +6,23 @@
 //! (AVX-512 VNNI, AVX2 or portable scalar, chosen once at start-up) over tiles of rows ×
 //! tokens spread across a small spinning thread pool. [`ops`] holds the `f32` helpers the
 //! model graph needs around the matmuls.
+//!
+//! [`PackedMatrix`] is an owned copy of a weight matrix (about the same size) interleaved 16
+//! rows at a time, for `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`, `Q4_K`, `Q5_K` and `Q6_K` on
+//! AVX-512 VNNI CPUs; [`matmul_packed`] on it is 2-4× faster than [`matmul`] for hot decode
+//! and about 2.5× for prefill. [`PackedMatrix::new`] returns `None` where it would not pay
+//! (other formats, or no AVX-512 VNNI), so callers keep the [`QMatrix`] path then.
+//!
+//! Tuning knobs: [`set_threads`] (else `WARD_THREADS`, else all CPUs), `WARD_ISA=scalar|avx2`
+//! to force a slower path, `WARD_PREFETCH` (bytes ahead when streaming decode weights).
 
 mod blocks;
 mod dequant;
 mod dot_scalar;
 mod isa;
 pub mod ops;
+mod packed;
+mod packed_k;
 mod pool;
 mod quant;
 #[cfg(test)]
@@ -21,9 +32,10 @@ mod x86;
 
 pub use candle_core::quantized::GgmlDType;
 pub use isa::Isa;
+pub use packed::{PackedMatrix, matmul_packed};
 pub use pool::{set_threads, threads};
 
-use blocks::{BlockQ8K, BlockQ8x2};
+use blocks::{BlockQ8K, BlockQ8s, BlockQ8x2};
 use isa::Act;
 use std::cell::RefCell;
 
@@ -117,7 +129,14 @@ pub(crate) fn matmul_isa(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], isa:
         let bytes = unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), x.len() * 4) };
         return run_tiles(w, bytes, act.row_bytes(w.cols), n, out, dot);
     }
-    let arow = act.row_bytes(w.cols);
+    with_activations(act, x, w.cols, |a, arow| run_tiles(w, a, arow, n, out, dot));
+}
+
+/// Quantizes the `x.len() / cols` activation rows to `act` in a per-thread scratch buffer
+/// and runs `f(rows, bytes_per_row)` on them.
+fn with_activations(act: Act, x: &[f32], cols: usize, f: impl FnOnce(&[u8], usize)) {
+    let n = x.len() / cols;
+    let arow = act.row_bytes(cols);
     let mut scratch = SCRATCH.with_borrow_mut(std::mem::take);
     scratch.resize((n * arow).div_ceil(64), Line([0; 64]));
     // SAFETY: `Line` is plain bytes; the view covers exactly the vector's storage.
@@ -125,8 +144,8 @@ pub(crate) fn matmul_isa(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], isa:
         std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), scratch.len() * 64)
     };
     let bytes = &mut bytes[..n * arow];
-    quantize_rows(act, x, w.cols, bytes);
-    run_tiles(w, bytes, arow, n, out, dot);
+    quantize_rows(act, x, cols, bytes);
+    f(bytes, arow);
     SCRATCH.with_borrow_mut(|s| *s = scratch);
 }
 
@@ -139,6 +158,7 @@ fn quantize_rows(act: Act, x: &[f32], cols: usize, out: &mut [u8]) {
         match act {
             Act::Q8 => quant::quantize_q8(xs, blocks::cast_mut::<BlockQ8x2>(o)),
             Act::Q8K => quant::quantize_q8k(xs, blocks::cast_mut::<BlockQ8K>(o)),
+            Act::Q8S => quant::quantize_q8s(xs, blocks::cast_mut::<BlockQ8s>(o)),
             Act::F32 => unreachable!(),
         }
     };
@@ -182,7 +202,12 @@ fn decode_tile_rows(rows: usize, threads: usize) -> usize {
 /// How far ahead of the row being read to prefetch weights when streaming them (decode).
 fn prefetch_distance() -> usize {
     static D: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *D.get_or_init(|| std::env::var("WARD_PREFETCH").ok().and_then(|v| v.parse().ok()).unwrap_or(4096))
+    *D.get_or_init(|| {
+        std::env::var("WARD_PREFETCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2048)
+    })
 }
 
 /// Hints the cache lines of `data[range]` (clipped to `data`) into L1.

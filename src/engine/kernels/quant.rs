@@ -4,7 +4,7 @@
 //! exactly: the scale is `amax / 127`, the inverse `127 / amax`, and values round half to even
 //! (what the SIMD conversions do).
 
-use super::blocks::{BlockQ8K, BlockQ8x2, QK, QK_K};
+use super::blocks::{BlockQ8K, BlockQ8s, BlockQ8x2, QK, QK_K};
 
 /// Quantizes `x` (a multiple of 32 long) to [`BlockQ8x2`] pairs (`x.len().div_ceil(64)`).
 pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8x2]) {
@@ -24,6 +24,32 @@ pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
         return unsafe { super::x86::quant::quantize_q8k(x, out) };
     }
     quantize_q8k_scalar(x, out)
+}
+
+/// Quantizes `x` (a multiple of 32 long) to signed [`BlockQ8s`] blocks.
+pub fn quantize_q8s(x: &[f32], out: &mut [BlockQ8s]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::isa::get() >= super::isa::Isa::Avx512 {
+        // SAFETY: AVX-512 F/BW/VL were detected at runtime.
+        return unsafe { super::x86::quant::quantize_q8s(x, out) };
+    }
+    quantize_q8s_scalar(x, out)
+}
+
+/// Scalar reference for [`quantize_q8s`].
+pub fn quantize_q8s_scalar(x: &[f32], out: &mut [BlockQ8s]) {
+    assert_eq!(x.len(), out.len() * QK);
+    for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (d, id) = scales(amax);
+        let mut sum = 0i32;
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            *q = (v * id).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        b.d = d;
+        b.s = d * sum as f32;
+    }
 }
 
 /// The scale and inverse scale for a block whose largest magnitude is `amax`.
@@ -73,6 +99,9 @@ pub fn quantize_q8k_scalar(x: &[f32], out: &mut [BlockQ8K]) {
             *s = b.qs[16 * g..16 * g + 16].iter().map(|&q| q as i16).sum();
         }
         b.d = d;
-        b.pad = [0; 28];
+        for g in 0..8 {
+            b.bsum32[g] = b.bsums[2 * g] + b.bsums[2 * g + 1];
+        }
+        b.pad = [0; 12];
     }
 }

@@ -75,19 +75,63 @@ fn check(
     deq: &[f32],
     seed: u64,
 ) {
+    let w = QMatrix::new(dtype, rows, cols, data).expect("valid matrix");
+    let shape = Shape {
+        dtype,
+        rows,
+        cols,
+        n,
+    };
+    check_with(
+        &|x, n, out, is| matmul_isa(&w, x, n, out, is),
+        shape,
+        deq,
+        seed,
+    );
+    if let Some(p) = PackedMatrix::pack(&w) {
+        let run = |x: &[f32], n, out: &mut [f32], is| packed::matmul_packed_isa(&p, x, n, out, is);
+        check_with(&run, shape, deq, seed);
+        let mut row = vec![0f32; cols];
+        for r in [0, rows / 2, rows - 1] {
+            p.dequantize_row(r, &mut row);
+            assert_eq!(
+                row,
+                deq[r * cols..(r + 1) * cols],
+                "{dtype:?} packed dequantize_row {r}"
+            );
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Shape {
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+    n: usize,
+}
+
+type Run<'a> = dyn Fn(&[f32], usize, &mut [f32], Isa) + 'a;
+
+fn check_with(run: &Run, shape: Shape, deq: &[f32], seed: u64) {
+    let Shape {
+        dtype,
+        rows,
+        cols,
+        n,
+    } = shape;
     let mut rng = StdRng::seed_from_u64(seed);
     let x = randn(&mut rng, n * cols);
-    let w = QMatrix::new(dtype, rows, cols, data).expect("valid matrix");
     let block = match isa::act(dtype) {
         Act::F32 => 0,
-        Act::Q8 => 32,
+        Act::Q8 | Act::Q8S => 32,
         Act::Q8K => 256,
     };
     let mut scalar = vec![0f32; n * rows];
-    matmul_isa(&w, &x, n, &mut scalar, Isa::Scalar);
+    run(&x, n, &mut scalar, Isa::Scalar);
     for &is in &isa::available() {
         let mut got = vec![0f32; n * rows];
-        matmul_isa(&w, &x, n, &mut got, is);
+        run(&x, n, &mut got, is);
         for t in 0..n {
             let xt = &x[t * cols..(t + 1) * cols];
             for r in 0..rows {
@@ -181,11 +225,19 @@ fn check_extremes<T: GgmlType>(dtype: GgmlDType, cols: usize, f16_fields: &[usiz
         let mut deq = vec![0f32; rows * cols];
         T::to_float(&blocks, &mut deq);
         let w = QMatrix::new(dtype, rows, cols, &bytes).unwrap();
+        let p = PackedMatrix::pack(&w);
         for sign in [1.0f32, -1.0] {
             let x = vec![sign; cols];
-            for &is in &isa::available() {
+            for (&is, packed) in isa::available()
+                .iter()
+                .flat_map(|i| [(i, false), (i, true)])
+            {
                 let mut got = vec![0f32; rows];
-                matmul_isa(&w, &x, 1, &mut got, is);
+                match (&p, packed) {
+                    (Some(p), true) => packed::matmul_packed_isa(p, &x, 1, &mut got, is),
+                    (None, true) => continue,
+                    _ => matmul_isa(&w, &x, 1, &mut got, is),
+                }
                 for r in 0..rows {
                     let exact: f64 = deq[r * cols..(r + 1) * cols]
                         .iter()
@@ -290,11 +342,21 @@ fn activation_quantization_paths_agree() {
     quant::quantize_q8_scalar(&x, &mut a);
     quant::quantize_q8(&x, &mut b);
     assert_eq!(blocks::as_bytes(&a), blocks::as_bytes(&b));
+    let z = BlockQ8s {
+        qs: [0; 32],
+        d: 0.0,
+        s: 0.0,
+    };
+    let (mut a, mut b) = (vec![z; 4864 / 32], vec![z; 4864 / 32]);
+    quant::quantize_q8s_scalar(&x, &mut a);
+    quant::quantize_q8s(&x, &mut b);
+    assert_eq!(blocks::as_bytes(&a), blocks::as_bytes(&b));
     let z = BlockQ8K {
         d: 0.0,
         qs: [0; 256],
         bsums: [0; 16],
-        pad: [0; 28],
+        bsum32: [0; 8],
+        pad: [0; 12],
     };
     let (mut a, mut b) = (vec![z; 19], vec![z; 19]);
     quant::quantize_q8k_scalar(&x, &mut a);

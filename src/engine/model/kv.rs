@@ -5,6 +5,12 @@
 //! layer. Blocks are reference-counted so that sequences can share a prompt prefix; a shared
 //! block is copied before it is written (copy-on-write). Blocks are allocated lazily and recycled
 //! through a free list, and the pool is bounded.
+//!
+//! A backend that keeps keys and values elsewhere (the candle backend, on a GPU) uses the pool
+//! for block bookkeeping only, and stores its own per-block data beside it
+//! ([`KvPool::backend_store`]), addressed by the same block ids.
+
+use std::any::Any;
 
 use crate::engine::error::{EngineError, Result};
 
@@ -19,6 +25,7 @@ pub struct KvPool {
     blocks: Vec<Box<[f32]>>,
     refs: Vec<u32>,
     free: Vec<u32>,
+    backend: Option<Box<dyn Any + Send + Sync>>,
 }
 
 /// A sequence's view of the cache: its block table and how many positions are filled.
@@ -38,6 +45,11 @@ impl SeqKv {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// The block table: block `i` holds positions `i*BLOCK..(i+1)*BLOCK`.
+    pub fn blocks(&self) -> &[u32] {
+        &self.blocks
+    }
 }
 
 impl KvPool {
@@ -51,7 +63,14 @@ impl KvPool {
             blocks: Vec::new(),
             refs: Vec::new(),
             free: Vec::new(),
+            backend: None,
         }
+    }
+
+    /// Data a backend keeps beside the blocks (per-block tensors on its device), dropped with
+    /// the pool.
+    pub fn backend_store(&mut self) -> &mut Option<Box<dyn Any + Send + Sync>> {
+        &mut self.backend
     }
 
     /// Total capacity in positions.

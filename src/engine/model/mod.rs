@@ -1,6 +1,8 @@
 //! The model layer: one [`Model`] trait that every backend implements, the [`Batch`] a forward
-//! pass consumes, and [`load`], which picks the implementation from `general.architecture`.
+//! pass consumes, and [`load`], which picks the implementation from `general.architecture`
+//! ([`load_on`] also picks the device: ward's own CPU engine, or candle's CUDA or CPU backend).
 
+pub mod candle_backend;
 pub mod config;
 pub mod kv;
 mod transformer;
@@ -8,6 +10,7 @@ mod weights;
 
 use std::path::Path;
 
+pub use candle_backend::CandleTransformer;
 pub use config::{Arch, ModelConfig};
 pub use kv::{KvPool, SeqKv};
 pub use transformer::Transformer;
@@ -105,8 +108,9 @@ fn invalid(param: &'static str, reason: String) -> EngineError {
     EngineError::InvalidParameter { param, reason }
 }
 
-/// A language model that can run a forward pass over a batch. The CPU transformer implements it;
-/// the KV cache lives outside the model so that one model serves many sequences.
+/// A language model that can run a forward pass over a batch. The CPU [`Transformer`] and the
+/// [`CandleTransformer`] implement it; the KV cache lives outside the model so that one model
+/// serves many sequences.
 pub trait Model: Send + Sync {
     /// The model's shape.
     fn config(&self) -> &ModelConfig;
@@ -131,4 +135,18 @@ pub fn load(path: &Path) -> Result<Box<dyn Model>> {
     let arch = file.metadata().architecture()?;
     Arch::parse(arch)?;
     Ok(Box::new(Transformer::new(file)?))
+}
+
+/// Like [`load`], on the device named by `device` (`WARD_DEVICE`): `cpu` is ward's own engine;
+/// `cuda`, `cuda:N` and `candle-cpu` run [`CandleTransformer`] on that candle device.
+pub fn load_on(path: &Path, device: &str) -> Result<Box<dyn Model>> {
+    match device.trim() {
+        "" | "cpu" => load(path),
+        spec => {
+            let dev = candle_backend::device(spec)?;
+            let file = GgufFile::open(path)?;
+            Arch::parse(file.metadata().architecture()?)?;
+            Ok(Box::new(CandleTransformer::new(file, dev)?))
+        }
+    }
 }

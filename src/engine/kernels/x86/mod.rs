@@ -6,6 +6,7 @@
 mod avx2;
 mod avx512_k;
 mod avx512_legacy;
+pub mod avx512_packed;
 mod float;
 pub mod quant;
 

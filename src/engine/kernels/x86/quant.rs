@@ -1,6 +1,6 @@
 //! AVX-512 activation quantization, bit-identical to the scalar reference in `quant.rs`.
 
-use super::super::blocks::{BlockQ8K, BlockQ8x2, QK, QK_K};
+use super::super::blocks::{BlockQ8K, BlockQ8s, BlockQ8x2, QK, QK_K};
 use super::super::quant::scales;
 use std::arch::x86_64::*;
 
@@ -80,6 +80,38 @@ pub unsafe fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
             b.bsums[g] = _mm512_reduce_add_epi32(i) as i16;
         }
         b.d = d;
-        b.pad = [0; 28];
+        for g in 0..8 {
+            b.bsum32[g] = b.bsums[2 * g] + b.bsums[2 * g + 1];
+        }
+        b.pad = [0; 12];
+    }
+}
+
+/// AVX-512 version of `quant::quantize_q8s`.
+///
+/// # Safety
+/// Requires AVX-512 F/BW/VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn quantize_q8s(x: &[f32], out: &mut [BlockQ8s]) {
+    assert_eq!(x.len(), out.len() * QK);
+    for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        // SAFETY: `xs` holds 32 floats.
+        let v = unsafe {
+            [
+                _mm512_loadu_ps(xs.as_ptr()),
+                _mm512_loadu_ps(xs.as_ptr().add(16)),
+            ]
+        };
+        let (d, id) = scales(amax(&v));
+        let (q0, i0) = q16(v[0], id);
+        let (q1, i1) = q16(v[1], id);
+        let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+        // SAFETY: `qs` has 32 bytes.
+        unsafe {
+            _mm_storeu_si128(b.qs.as_mut_ptr().cast(), q0);
+            _mm_storeu_si128(b.qs.as_mut_ptr().add(16).cast(), q1);
+        }
+        b.d = d;
+        b.s = d * sum as f32;
     }
 }

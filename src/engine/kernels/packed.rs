@@ -1,0 +1,418 @@
+//! Weights repacked 16 rows at a time, about the same size as the GGUF data: the 32-wide
+//! formats (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`, laid out below) and `Q4_K` / `Q5_K`
+//! (`packed_k.rs`).
+//!
+//! In the GGUF layout each row's dot product ends in horizontal sums and per-block scaling of
+//! 8-lane partial sums. Interleaving 16 rows so that one 64-byte vector holds 4 consecutive
+//! values of each of 16 rows lets `vpdpbusd` against a broadcast 4-byte activation group
+//! accumulate all 16 rows at once, one lane per row, and scale them with one vector multiply per
+//! block: about a quarter of the instructions for a decode step and half for prefill.
+//!
+//! Tile `t` (rows `16t..16t+16`, zero rows past the end) holds, for each block column `b`:
+//! `d` (16 × `f16`), `m` (16 × `f16`, `Q4_1`/`Q5_1`), the fifth bits (8 × `u64` masks,
+//! `Q5_0`/`Q5_1`), then the values as unsigned bytes (`Q8_0`: `q + 128`; 512 bytes) or nibbles
+//! (256 bytes). Value `k` of row `r` sits in the 4-byte group `(k / 4) * 16 + r` of the byte
+//! array; for nibbles, group `j` is the low (even `j`) or high (odd `j`) nibble of byte group
+//! `(j / 2) * 16 + r`, and its fifth bits are bits `4r..4r+4` of mask `j`.
+
+use super::blocks::{BlockQ8K, BlockQ8s, f16_le};
+use super::isa::{self, Act, Isa};
+use super::packed_k;
+use super::{GgmlDType, Line, QMatrix, SyncPtr, pool, with_activations};
+
+/// Rows per tile.
+pub const R: usize = 16;
+
+/// A weight matrix repacked for the 16-row kernels; see the module docs.
+pub struct PackedMatrix {
+    pub dtype: GgmlDType,
+    pub rows: usize,
+    pub cols: usize,
+    data: Vec<Line>,
+}
+
+/// Byte offsets inside one block column of a tile.
+#[derive(Clone, Copy)]
+pub struct Layout {
+    /// `Q4_K` / `Q5_K` / `Q6_K` (see `packed_k.rs`) rather than a 32-wide format.
+    pub kquant: bool,
+    /// `Q6_K` (`packed_k::q6`).
+    pub q6: bool,
+    /// Values per block column.
+    pub block: usize,
+    pub min: bool,
+    pub q5: bool,
+    pub m_at: usize,
+    pub masks_at: usize,
+    pub values_at: usize,
+    /// Bytes of one block column (16 blocks).
+    pub bytes: usize,
+    /// Value offset: `w = d (v - offset)` (or `d v + m` with a min).
+    pub offset: f32,
+}
+
+impl Layout {
+    pub fn of(dtype: GgmlDType) -> Option<Layout> {
+        use GgmlDType::*;
+        if dtype == Q6K {
+            let q6 = packed_k::q6::BYTES;
+            let (v, h) = (packed_k::q6::V_AT, packed_k::q6::H_AT);
+            return Some(Layout {
+                kquant: true,
+                q6: true,
+                block: 256,
+                min: false,
+                q5: false,
+                m_at: 0,
+                masks_at: h,
+                values_at: v,
+                bytes: q6,
+                offset: 32.0,
+            });
+        }
+        if matches!(dtype, Q4K | Q5K) {
+            let q5 = dtype == Q5K;
+            return Some(Layout {
+                kquant: true,
+                q6: false,
+                block: 256,
+                min: true,
+                q5,
+                m_at: 32,
+                masks_at: packed_k::MASKS_AT,
+                values_at: packed_k::values_at(q5),
+                bytes: packed_k::column_bytes(q5),
+                offset: 0.0,
+            });
+        }
+        let (min, q5, offset) = match dtype {
+            Q4_0 => (false, false, 8.0),
+            Q4_1 => (true, false, 0.0),
+            Q5_0 => (false, true, 16.0),
+            Q5_1 => (true, true, 0.0),
+            Q8_0 => (false, false, 128.0),
+            _ => return None,
+        };
+        let m_at = 2 * R;
+        let masks_at = m_at + if min { 2 * R } else { 0 };
+        let values_at = masks_at + if q5 { 64 } else { 0 };
+        let values = if dtype == Q8_0 { 32 * R } else { 16 * R };
+        Some(Layout {
+            kquant: false,
+            q6: false,
+            block: 32,
+            min,
+            q5,
+            m_at,
+            masks_at,
+            values_at,
+            bytes: values_at + values,
+            offset,
+        })
+    }
+}
+
+/// The unsigned values (`0..2^bits`) and the `d`, `m` bytes of block `b` of GGUF row `row`.
+fn block_values(w: &QMatrix, row: usize, b: usize) -> ([u8; 32], [u8; 2], [u8; 2]) {
+    let size = w.dtype.type_size();
+    let p = &w.row(row)[b * size..(b + 1) * size];
+    let d = [p[0], p[1]];
+    let mut v = [0u8; 32];
+    let nibbles = |qs: &[u8], v: &mut [u8; 32]| {
+        for j in 0..16 {
+            v[j] = qs[j] & 0xF;
+            v[j + 16] = qs[j] >> 4;
+        }
+    };
+    let high = |qh: &[u8], v: &mut [u8; 32]| {
+        let h = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+        for (k, v) in v.iter_mut().enumerate() {
+            *v |= (((h >> k) & 1) as u8) << 4;
+        }
+    };
+    let mut m = [0u8; 2];
+    match w.dtype {
+        GgmlDType::Q4_0 => nibbles(&p[2..18], &mut v),
+        GgmlDType::Q4_1 => {
+            m = [p[2], p[3]];
+            nibbles(&p[4..20], &mut v);
+        }
+        GgmlDType::Q5_0 => {
+            nibbles(&p[6..22], &mut v);
+            high(&p[2..6], &mut v);
+        }
+        GgmlDType::Q5_1 => {
+            m = [p[2], p[3]];
+            nibbles(&p[8..24], &mut v);
+            high(&p[4..8], &mut v);
+        }
+        _ => {
+            for (v, &q) in v.iter_mut().zip(&p[2..34]) {
+                *v = q ^ 0x80;
+            }
+        }
+    }
+    (v, d, m)
+}
+
+/// Value `k` of row `r` in a packed block column.
+#[inline(always)]
+pub fn value(lay: &Layout, col: &[u8], r: usize, k: usize) -> u8 {
+    let vals = &col[lay.values_at..];
+    if lay.bytes - lay.values_at == 32 * R {
+        return vals[(k / 4) * 64 + r * 4 + k % 4];
+    }
+    let j = k / 4;
+    let byte = vals[(j / 2) * 64 + r * 4 + k % 4];
+    let mut v = if j.is_multiple_of(2) {
+        byte & 0xF
+    } else {
+        byte >> 4
+    };
+    if lay.q5 {
+        let at = lay.masks_at + 8 * j;
+        let mask = u64::from_le_bytes(col[at..at + 8].try_into().expect("8 bytes"));
+        v |= (((mask >> (4 * r + k % 4)) & 1) as u8) << 4;
+    }
+    v
+}
+
+impl PackedMatrix {
+    /// Repacks `w`, or `None` for formats without a packed kernel.
+    pub fn new(w: &QMatrix) -> Option<PackedMatrix> {
+        if isa::get() < Isa::Avx512 {
+            // Only the AVX-512 VNNI kernel makes the packed layout pay; elsewhere the row
+            // kernels are faster.
+            return None;
+        }
+        Self::pack(w)
+    }
+
+    /// Repacks `w` whatever the CPU (the portable tile kernel is slow: see [`Self::new`]).
+    pub(crate) fn pack(w: &QMatrix) -> Option<PackedMatrix> {
+        let lay = Layout::of(w.dtype)?;
+        let nb = w.cols / lay.block;
+        let tiles = w.rows.div_ceil(R);
+        let tile_bytes = nb * lay.bytes;
+        let mut data = vec![Line([0; 64]); (tiles * tile_bytes).div_ceil(64)];
+        let ptr = SyncPtr(data.as_mut_ptr().cast::<u8>());
+        let chunks = pool::Chunks::new(tiles);
+        pool::run(&|_| {
+            while let Some(t) = chunks.claim() {
+                // SAFETY: each tile index is claimed once, so the slices are disjoint, and tile
+                // `t` lies inside the `tiles * tile_bytes` bytes allocated above.
+                let tile = unsafe {
+                    std::slice::from_raw_parts_mut(ptr.get().add(t * tile_bytes), tile_bytes)
+                };
+                pack_tile(w, &lay, t, tile);
+            }
+        });
+        Some(PackedMatrix {
+            dtype: w.dtype,
+            rows: w.rows,
+            cols: w.cols,
+            data,
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `Line` is plain bytes; the view covers exactly the vector's storage.
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr().cast::<u8>(), self.data.len() * 64) }
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::of(self.dtype).expect("packed formats only")
+    }
+
+    /// The bytes of row tile `t` (rows `16t..16t+16`).
+    fn tile(&self, t: usize) -> &[u8] {
+        let lay = self.layout();
+        let len = self.cols / lay.block * lay.bytes;
+        &self.bytes()[t * len..(t + 1) * len]
+    }
+
+    /// Dequantizes row `row` into `out` (`cols` long), e.g. for an embedding lookup.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        assert!(
+            row < self.rows && out.len() == self.cols,
+            "dequantize_row: row or length"
+        );
+        let lay = self.layout();
+        let r = row % R;
+        for (col, y) in self
+            .tile(row / R)
+            .chunks_exact(lay.bytes)
+            .zip(out.chunks_exact_mut(lay.block))
+        {
+            if lay.kquant {
+                if lay.q6 {
+                    packed_k::q6::dequantize(col, r, y);
+                } else {
+                    packed_k::dequantize(lay.q5, col, r, y);
+                }
+                continue;
+            }
+            let d = f16_le([col[2 * r], col[2 * r + 1]]);
+            let m = if lay.min {
+                f16_le([col[lay.m_at + 2 * r], col[lay.m_at + 2 * r + 1]])
+            } else {
+                0.0
+            };
+            for (k, y) in y.iter_mut().enumerate() {
+                *y = d * (value(&lay, col, r, k) as f32 - lay.offset) + m;
+            }
+        }
+    }
+}
+
+/// Packs rows `16t..16t+16` of `w` into `tile` (zeroed).
+fn pack_tile(w: &QMatrix, lay: &Layout, t: usize, tile: &mut [u8]) {
+    let size = w.dtype.type_size();
+    for (b, col) in tile.chunks_exact_mut(lay.bytes).enumerate() {
+        for r in 0..R.min(w.rows - t * R) {
+            let src = &w.row(t * R + r)[b * size..(b + 1) * size];
+            if lay.kquant {
+                if lay.q6 {
+                    packed_k::q6::pack(src, col, r);
+                } else {
+                    packed_k::pack(w.dtype, src, col, r);
+                }
+                continue;
+            }
+            col[2 * r..2 * r + 2].copy_from_slice(&src[..2]);
+            if w.dtype == GgmlDType::Q8_0 {
+                // Four values at a time: `q + 128` is `q ^ 0x80`.
+                for j in 0..8 {
+                    let q =
+                        u32::from_le_bytes(src[2 + 4 * j..6 + 4 * j].try_into().expect("4 bytes"));
+                    let at = lay.values_at + j * 64 + r * 4;
+                    col[at..at + 4].copy_from_slice(&(q ^ 0x8080_8080).to_le_bytes());
+                }
+                continue;
+            }
+            let (v, _, m) = block_values(w, t * R + r, b);
+            if lay.min {
+                col[lay.m_at + 2 * r..lay.m_at + 2 * r + 2].copy_from_slice(&m);
+            }
+            for (k, &v) in v.iter().enumerate() {
+                let j = k / 4;
+                let at = lay.values_at + (j / 2) * 64 + r * 4 + k % 4;
+                col[at] |= (v & 0xF) << (4 * (j % 2));
+                if lay.q5 && v >= 16 {
+                    let bit = 4 * r + k % 4;
+                    col[lay.masks_at + 8 * j + bit / 8] |= 1 << (bit % 8);
+                }
+            }
+        }
+    }
+}
+
+/// One row tile × `out.len()` tokens (1 to [`isa::MAX_TOKENS`]): `out[t][r] = W[16 tile + r] ·
+/// a[t]`, with `a` holding [`BlockQ8s`] (32-wide formats) or [`BlockQ8K`] rows `arow` apart.
+pub type TileFn = unsafe fn(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, out: &mut [[f32; R]]);
+
+/// Portable reference for the packed kernels.
+fn tile_scalar(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, out: &mut [[f32; R]]) {
+    if lay.kquant {
+        for (t, o) in out.iter_mut().enumerate() {
+            let x: &[BlockQ8K] = super::blocks::cast(&a[t * arow..(t + 1) * arow]);
+            for (r, o) in o.iter_mut().enumerate() {
+                *o = tile
+                    .chunks_exact(lay.bytes)
+                    .zip(x)
+                    .map(|(col, x)| {
+                        if lay.q6 {
+                            packed_k::q6::dot(col, r, x)
+                        } else {
+                            packed_k::dot(lay.q5, col, r, x)
+                        }
+                    })
+                    .sum();
+            }
+        }
+        return;
+    }
+    for (t, o) in out.iter_mut().enumerate() {
+        let x: &[BlockQ8s] = super::blocks::cast(&a[t * arow..(t + 1) * arow]);
+        *o = [0.0; R];
+        for (col, x) in tile.chunks_exact(lay.bytes).zip(x) {
+            for (r, o) in o.iter_mut().enumerate() {
+                let s: i32 = (0..32)
+                    .map(|k| value(lay, col, r, k) as i32 * x.qs[k] as i32)
+                    .sum();
+                let d = f16_le([col[2 * r], col[2 * r + 1]]);
+                let c = if lay.min {
+                    f16_le([col[lay.m_at + 2 * r], col[lay.m_at + 2 * r + 1]])
+                } else {
+                    -lay.offset * d
+                };
+                *o += d * x.d * s as f32 + c * x.s;
+            }
+        }
+    }
+}
+
+fn tile_kernel(isa: Isa) -> TileFn {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        return super::x86::avx512_packed::tile;
+    }
+    let _ = isa;
+    tile_scalar
+}
+
+/// `out[t * rows + r] = dot(W[r], x[t * cols ..])` for `t` in `0..n`, on packed weights.
+pub fn matmul_packed(w: &PackedMatrix, x: &[f32], n: usize, out: &mut [f32]) {
+    matmul_packed_isa(w, x, n, out, isa::get());
+}
+
+/// [`matmul_packed`] on a chosen instruction-set path.
+pub(crate) fn matmul_packed_isa(w: &PackedMatrix, x: &[f32], n: usize, out: &mut [f32], isa: Isa) {
+    assert_eq!(x.len(), n * w.cols, "matmul_packed: activation length");
+    assert_eq!(out.len(), n * w.rows, "matmul_packed: output length");
+    if n == 0 || w.rows == 0 {
+        return;
+    }
+    let (lay, kernel, rows) = (w.layout(), tile_kernel(isa), w.rows);
+    let act = if lay.kquant { Act::Q8K } else { Act::Q8S };
+    with_activations(act, x, w.cols, |act, arow| {
+        let tiles = rows.div_ceil(R);
+        let (tr, tt) = if n == 1 {
+            ((tiles / (pool::threads() * 8)).clamp(1, 32), 1)
+        } else {
+            (1, 64)
+        };
+        let (nr, nt) = (tiles.div_ceil(tr), n.div_ceil(tt));
+        let chunks = pool::Chunks::new(nr * nt);
+        let optr = SyncPtr(out.as_mut_ptr());
+        let task = |_| {
+            while let Some(c) = chunks.claim() {
+                let (ri, ti) = (c / nt, c % nt);
+                let t_end = ((ti + 1) * tt).min(n);
+                for tile in ri * tr..((ri + 1) * tr).min(tiles) {
+                    let mut t0 = ti * tt;
+                    while t0 < t_end {
+                        let k = (t_end - t0).min(isa::MAX_TOKENS);
+                        let mut v = [[0f32; R]; isa::MAX_TOKENS];
+                        let a = &act[t0 * arow..(t0 + k) * arow];
+                        // SAFETY: the kernel matches an ISA this CPU supports.
+                        unsafe { kernel(&lay, w.tile(tile), a, arow, &mut v[..k]) };
+                        for (j, v) in v[..k].iter().enumerate() {
+                            for (r, &v) in v.iter().enumerate().take(rows - tile * R) {
+                                // SAFETY: each (t, row) belongs to one claimed chunk; the index
+                                // is below `n * rows`.
+                                unsafe { optr.get().add((t0 + j) * rows + tile * R + r).write(v) };
+                            }
+                        }
+                        t0 += k;
+                    }
+                }
+            }
+        };
+        if nr * nt == 1 {
+            task(0)
+        } else {
+            pool::run(&task)
+        }
+    });
+}
