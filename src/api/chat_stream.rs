@@ -1,9 +1,10 @@
 //! Streaming `POST /v1/chat/completions` by server-sent events: a role delta first for every
 //! choice, then content deltas (with their logprobs), the `finish_reason`, with
 //! `stream_options.include_usage` a last chunk with `choices: []` and `usage`, then `[DONE]`.
-//! Keep-alive comments flow while the prompt is processed. When tools are on, text that may be a
-//! tool call is held back and sent as index-keyed `tool_calls` deltas: the first carries `id`,
-//! `type` and `function.name`, the later ones fragments of `function.arguments`.
+//! Keep-alive comments flow while the prompt is processed. Tool calls go out as index-keyed
+//! `tool_calls` deltas: the first carries `id`, `type` and `function.name`, the later ones
+//! fragments of `function.arguments`. A forced call streams as it is generated; with
+//! `tool_choice: auto`, text that may be a call is held back and parsed at the end.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,13 +19,14 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::engine::generate::StepEvent;
 use crate::engine::scheduler::SeqEvent;
+use crate::service::tool_stream::{CallPiece, CallStream};
 use crate::service::{ServedModel, tools};
 
 use super::chat::{Plan, ToolMode, fingerprint, logprob_json, tool_calls_json, usage};
 use super::generation::{self, Timer};
 use super::{ApiError, AppState};
 
-/// Characters of tool-call arguments per streamed delta.
+/// Characters of tool-call arguments per streamed delta (for calls parsed at the end).
 const ARGUMENT_FRAGMENT: usize = 16;
 
 /// A chat completion about to be streamed.
@@ -43,6 +45,9 @@ struct Choice {
     held: String,
     held_logprobs: Vec<Value>,
     holding: bool,
+    /// Forced calls, read as they are generated, and how many have been sent.
+    calls: Option<CallStream>,
+    started: usize,
     timer: Timer,
     tokens: usize,
     prompt: usize,
@@ -68,11 +73,18 @@ impl Stream {
             })
             .collect();
         let holding = self.plan.mode != ToolMode::Off;
+        let max_calls = match &self.plan.mode {
+            ToolMode::Forced(names) if self.plan.parallel => Some(names.len().max(1)),
+            ToolMode::Forced(_) => Some(1),
+            _ => None,
+        };
         let mut choices: Vec<Choice> = (0..n)
             .map(|_| Choice {
                 held: String::new(),
                 held_logprobs: Vec::new(),
                 holding,
+                calls: max_calls.map(CallStream::new),
+                started: 0,
                 timer: Timer::since(self.start),
                 tokens: 0,
                 prompt: 0,
@@ -137,6 +149,22 @@ impl Stream {
             (Some(_), Some(lp)) => Some(logprob_json(&self.model, t.token, lp)),
             _ => None,
         };
+        if let Some(calls) = &mut s.calls {
+            for piece in calls.push(&t.text) {
+                let call = match piece {
+                    CallPiece::Start(name) => {
+                        s.started += 1;
+                        json!({"index": s.started - 1, "id": generation::new_id("call"), "type": "function",
+                            "function": {"name": name, "arguments": ""}})
+                    }
+                    CallPiece::Arguments(a) => {
+                        json!({"index": s.started.saturating_sub(1), "function": {"arguments": a}})
+                    }
+                };
+                let delta = json!({"tool_calls": [call]});
+                out.push(self.chunk(created, json!([self.delta(i, delta, Value::Null)]), None));
+            }
+        }
         let (mut text, mut lps) = (t.text, Vec::from_iter(lp));
         if s.holding {
             s.held.push_str(&text);
@@ -162,7 +190,12 @@ impl Stream {
         }
         let Some(f) = t.finish else { return };
         let mut finish = f.as_str();
-        if s.holding && self.flush_held(created, s, i, out) {
+        if let Some(calls) = s.calls.as_ref().filter(|_| s.started > 0) {
+            // A call cut off by max_tokens keeps the engine's reason.
+            if calls.complete() {
+                finish = "tool_calls";
+            }
+        } else if s.holding && self.flush_held(created, s, i, out) {
             finish = "tool_calls";
         }
         let end = json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": finish});

@@ -140,6 +140,22 @@ impl GgufFile {
         })
     }
 
+    /// Tells the kernel that these bytes will not be read again soon (their data was copied
+    /// elsewhere), so their pages leave the resident set; a later read faults them back in.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        let page = 4096;
+        let start = range.start.div_ceil(page) * page;
+        let end = range.end / page * page;
+        if end > start {
+            // SAFETY: the map is read-only and file-backed: DONTNEED drops clean pages, which
+            // are re-read from the file on the next access; no data can be lost.
+            let _ = unsafe {
+                self.mmap
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+
     /// Bytes of the file, for a range taken from a [`TensorView`]; lets models keep plain
     /// offsets instead of borrowing the map.
     #[inline]

@@ -2,6 +2,7 @@
 //! with its own scheduler), chat prompt building, tool calling.
 
 pub mod chat;
+pub mod tool_stream;
 pub mod tools;
 
 use std::collections::HashMap;

@@ -326,6 +326,24 @@ async fn streamed_completions() {
         }
     }
     assert!(finished.iter().all(|f| *f), "{}", resp.body);
+    // Streamed logprobs: every chunk carries its token's entry in the completions shape.
+    let body = json!({"prompt": "Malware is", "max_tokens": 3, "logprobs": 2, "stream": true});
+    let resp = post(&app, "/v1/completions", &body).await;
+    let mut entries = 0;
+    for e in &sse_events(&resp.body) {
+        let lp = &e["choices"][0]["logprobs"];
+        assert_eq!(lp["tokens"].as_array().map(Vec::len), Some(1), "{e}");
+        assert!(
+            lp["token_logprobs"][0].as_f64().is_some_and(|l| l <= 1e-6),
+            "{e}"
+        );
+        let top = lp["top_logprobs"][0]
+            .as_object()
+            .unwrap_or_else(|| panic!("{e}"));
+        assert!(!top.is_empty() && top.len() <= 2, "{e}");
+        entries += 1;
+    }
+    assert!((1..=3).contains(&entries), "{}", resp.body);
     // max_tokens 0 streams no tokens.
     let body = json!({"prompt": "Hello", "max_tokens": 0, "stream": true});
     let resp = post(&app, "/v1/completions", &body).await;

@@ -21,6 +21,8 @@ pub struct Transformer {
     file: GgufFile,
     cfg: ModelConfig,
     w: Weights,
+    /// Repack matrices for the fast kernels on first use (`WARD_PACK=0` keeps the GGUF layout).
+    pack: bool,
 }
 
 impl Transformer {
@@ -28,13 +30,29 @@ impl Transformer {
     pub fn new(file: GgufFile) -> Result<Self> {
         let cfg = ModelConfig::from_metadata(file.metadata())?;
         let w = Weights::load(&file, &cfg)?;
-        Ok(Self { file, cfg, w })
+        let pack = std::env::var("WARD_PACK").map_or(true, |v| v != "0");
+        Ok(Self { file, cfg, w, pack })
     }
 
     /// `out[t] = W x[t] + b` for the `n` rows of `x`.
     fn linear(&self, l: &Linear, x: &[f32], n: usize, out: &mut Vec<f32>) {
         out.resize(n * l.rows, 0.0);
-        kernels::matmul(&l.matrix(&self.file), x, n, out);
+        let packed = if self.pack {
+            l.packed.get_or_init(|| {
+                let p = kernels::PackedMatrix::new(&l.matrix(&self.file));
+                if p.is_some() {
+                    // The packed copy replaces these pages; let the kernel drop them.
+                    self.file.release(l.range.clone());
+                }
+                p
+            })
+        } else {
+            &None
+        };
+        match packed {
+            Some(p) => kernels::matmul_packed(p, x, n, out),
+            None => kernels::matmul(&l.matrix(&self.file), x, n, out),
+        }
         if let Some(b) = &l.bias {
             for row in out.chunks_exact_mut(l.rows) {
                 ops::add_inplace(row, b);

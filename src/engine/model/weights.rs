@@ -4,15 +4,17 @@
 //! biases are converted to `f32` up front.
 
 use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
 use crate::engine::error::{EngineError, Result};
 use crate::engine::gguf::{GgmlDType, GgufFile};
-use crate::engine::kernels::QMatrix;
+use crate::engine::kernels::{PackedMatrix, QMatrix};
 
 use super::config::ModelConfig;
 
-/// A weight matrix `[rows, cols]` in the memory map, with an optional bias.
-#[derive(Debug, Clone)]
+/// A weight matrix `[rows, cols]` in the memory map, with an optional bias, and its repacked
+/// copy for the fast kernels once it has been built.
+#[derive(Clone)]
 pub struct Linear {
     /// Block format.
     pub dtype: GgmlDType,
@@ -24,6 +26,20 @@ pub struct Linear {
     pub range: Range<usize>,
     /// Bias added to the output.
     pub bias: Option<Vec<f32>>,
+    /// The repacked copy, built on first use (shared by clones, e.g. tied embeddings).
+    pub packed: Arc<OnceLock<Option<PackedMatrix>>>,
+}
+
+impl std::fmt::Debug for Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linear")
+            .field("dtype", &self.dtype)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("range", &self.range)
+            .field("bias", &self.bias.is_some())
+            .finish()
+    }
 }
 
 impl Linear {
@@ -112,6 +128,7 @@ fn linear(file: &GgufFile, base: &str, rows: usize, cols: usize) -> Result<Linea
         cols,
         range: t.range,
         bias: opt_vector(file, &format!("{base}.bias"), rows)?,
+        packed: Arc::new(OnceLock::new()),
     })
 }
 

@@ -188,7 +188,11 @@ impl Worker {
         let mut take = vec![0usize; self.running.len()];
         for &i in &order {
             let r = &self.running[i];
-            let chunk = if r.score.is_some() { SCORE_CHUNK } else { usize::MAX };
+            let chunk = if r.score.is_some() {
+                SCORE_CHUNK
+            } else {
+                usize::MAX
+            };
             let n = r.seq.uncached().len().min(budget).min(chunk);
             take[i] = n;
             budget -= n;
