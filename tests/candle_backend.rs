@@ -32,7 +32,12 @@ fn log_prob(x: &[f32], i: usize) -> f32 {
 fn agree(want: &[f32], got: &[f32], tol: f32, what: &str) -> u32 {
     assert_eq!(want.len(), got.len(), "{what}: logits length");
     let top = argmax(want);
-    assert_eq!(argmax(got), top, "{what}: top token differs");
+    let picked = argmax(got);
+    if picked != top {
+        // Only a near-tie may flip: both backends quantize activations differently.
+        let gap = log_prob(want, top) - log_prob(want, picked);
+        assert!(gap < tol, "{what}: top token differs ({top} vs {picked}, gap {gap} nat)");
+    }
     let d = (log_prob(want, top) - log_prob(got, top)).abs();
     assert!(d < tol, "{what}: |Δ log p(top)| = {d}");
     top as u32
