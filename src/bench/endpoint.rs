@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::BenchError;
-use super::request::{Failure, Timing, colon, fatal, request_body, stream_one};
+use super::request::{Client, Failure, Timing, colon, fatal, request_body};
 use super::stats::Summary;
 
 /// What to run.
@@ -173,13 +173,7 @@ pub fn run(
         ));
     }
     let widest = cfg.concurrency.iter().copied().max().unwrap_or(1);
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(10))
-        .timeout_read(cfg.timeout)
-        .max_idle_connections(widest * 2)
-        .max_idle_connections_per_host(widest)
-        .user_agent(concat!("ward-bench/", env!("CARGO_PKG_VERSION")))
-        .build();
+    let client = Client::new(cfg, &url, widest);
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -188,7 +182,7 @@ pub fn run(
         &synthetic_prompt(usize::MAX, cfg.prompt_tokens, cfg.shared_prefix, nonce),
         4,
     );
-    stream_one(&agent, &url, cfg, &warm).map_err(|f| fatal(&url, f))?;
+    client.stream(&warm).map_err(|f| fatal(&url, f))?;
     let mut levels = Vec::new();
     for (li, &concurrency) in cfg.concurrency.iter().enumerate() {
         progress(Progress::Level { concurrency });
@@ -212,7 +206,7 @@ pub fn run(
                                 nonce,
                             );
                             let body = request_body(cfg, &prompt, cfg.max_tokens);
-                            mine.push(stream_one(&agent, &url, cfg, &body));
+                            mine.push(client.stream(&body));
                             progress(Progress::RequestDone);
                         }
                         mine

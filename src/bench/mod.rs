@@ -85,25 +85,3 @@ pub enum BenchError {
     #[error(transparent)]
     Engine(#[from] crate::engine::error::EngineError),
 }
-
-// TEMPORARY compile check until src/cli/mod.rs declares `mod bench;` — remove before hand-off.
-#[cfg(test)]
-#[allow(dead_code)]
-#[path = "../cli/bench.rs"]
-mod cli_check;
-
-// TEMPORARY: runs `ward bench ARGS` from $WARD_BENCH_ARGS until the CLI is wired.
-#[cfg(test)]
-#[test]
-#[ignore]
-fn tmp_cli_run() {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct W {
-        #[command(flatten)]
-        a: cli_check::BenchArgs,
-    }
-    let args = std::env::var("WARD_BENCH_ARGS").unwrap();
-    let w = W::parse_from(std::iter::once("bench").chain(args.split_whitespace()));
-    cli_check::run(w.a).unwrap();
-}

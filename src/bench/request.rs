@@ -2,7 +2,7 @@
 //! loop over [`SseParser`], and the failures it can end in.
 
 use std::io::Read;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::BenchError;
 use super::endpoint::EndpointConfig;
@@ -52,39 +52,83 @@ pub(super) fn request_body(cfg: &EndpointConfig, prompt: &str, max_tokens: usize
     body.to_string()
 }
 
-/// Sends one streaming request and times its chunks.
-pub(super) fn stream_one(
-    agent: &ureq::Agent,
-    url: &str,
-    cfg: &EndpointConfig,
-    body: &str,
-) -> Result<Timing, Failure> {
-    let mut req = agent
-        .post(url)
-        .set("Content-Type", "application/json")
-        .set("Accept", "text/event-stream")
-        .set("Accept-Encoding", "identity");
-    if let Some(key) = &cfg.api_key {
-        req = req.set("Authorization", &format!("Bearer {key}"));
+/// The HTTP side: a pool of keep-alive connections, and a second agent that never reuses one.
+///
+/// Some servers (llama.cpp's) close a connection after a streamed response without saying so, and
+/// ureq does not retry a POST on a stale pooled connection; a request that fails that way before
+/// any answer is sent once more on a fresh connection, with its clock restarted.
+pub(super) struct Client {
+    pooled: ureq::Agent,
+    fresh: ureq::Agent,
+    url: String,
+    auth: Option<String>,
+}
+
+impl Client {
+    /// A client for `url` that keeps up to `connections` connections alive.
+    pub(super) fn new(cfg: &EndpointConfig, url: &str, connections: usize) -> Self {
+        let agent = |idle: usize| {
+            ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(10))
+                .timeout_read(cfg.timeout)
+                .max_idle_connections(idle)
+                .max_idle_connections_per_host(idle)
+                .user_agent(concat!("ward-bench/", env!("CARGO_PKG_VERSION")))
+                .build()
+        };
+        Self {
+            pooled: agent(connections),
+            fresh: agent(0),
+            url: url.to_string(),
+            auth: cfg.api_key.as_ref().map(|k| format!("Bearer {k}")),
+        }
     }
-    let start = Instant::now();
-    let resp = match req.send_string(body) {
-        Ok(r) => r,
-        Err(ureq::Error::Status(code, r)) => {
-            let text = r.into_string().unwrap_or_default();
-            let mut f = Failure::new(&code.to_string(), excerpt(&text, 200));
-            f.status = Some(code);
-            return Err(f);
+
+    fn send(&self, agent: &ureq::Agent, body: &str) -> Result<ureq::Response, ureq::Error> {
+        let mut req = agent
+            .post(&self.url)
+            .set("Content-Type", "application/json")
+            .set("Accept", "text/event-stream")
+            .set("Accept-Encoding", "identity");
+        if let Some(auth) = &self.auth {
+            req = req.set("Authorization", auth);
         }
-        Err(ureq::Error::Transport(t)) => {
-            let kind = if t.kind() == ureq::ErrorKind::InvalidUrl {
-                "bad_url"
-            } else {
-                "transport"
-            };
-            return Err(Failure::new(kind, t.to_string()));
-        }
-    };
+        req.send_string(body)
+    }
+
+    /// Sends one streaming request and times its chunks.
+    pub(super) fn stream(&self, body: &str) -> Result<Timing, Failure> {
+        let mut start = Instant::now();
+        let sent = match self.send(&self.pooled, body) {
+            Err(ureq::Error::Transport(t)) if t.kind() == ureq::ErrorKind::Io => {
+                start = Instant::now();
+                self.send(&self.fresh, body)
+            }
+            sent => sent,
+        };
+        let resp = match sent {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                let text = r.into_string().unwrap_or_default();
+                let mut f = Failure::new(&code.to_string(), excerpt(&text, 200));
+                f.status = Some(code);
+                return Err(f);
+            }
+            Err(ureq::Error::Transport(t)) => {
+                let kind = if t.kind() == ureq::ErrorKind::InvalidUrl {
+                    "bad_url"
+                } else {
+                    "transport"
+                };
+                return Err(Failure::new(kind, t.to_string()));
+            }
+        };
+        read_stream(resp, start)
+    }
+}
+
+/// Reads a response as an event stream, timing each chunk from `start`.
+fn read_stream(resp: ureq::Response, start: Instant) -> Result<Timing, Failure> {
     if resp.content_type().eq_ignore_ascii_case("application/json") {
         let text = resp.into_string().unwrap_or_default();
         return Err(Failure::new(

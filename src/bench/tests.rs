@@ -102,37 +102,43 @@ fn serve(mut conn: TcpStream, n: usize) -> std::io::Result<()> {
     if let Some(r) = early {
         return conn.write_all(r.as_bytes());
     }
+    // Like llama.cpp's server: chunked and keep-alive, yet the connection is closed after the
+    // stream, so a client that pools it finds it dead on the next request.
     std::thread::sleep(HEADER_DELAY);
     conn.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
     )?;
+    let mut send = |bytes: &[u8]| -> std::io::Result<()> {
+        conn.write_all(format!("{:x}\r\n", bytes.len()).as_bytes())?;
+        conn.write_all(bytes)?;
+        conn.write_all(b"\r\n")?;
+        conn.flush()
+    };
     std::thread::sleep(FIRST_DELAY);
-    conn.write_all(b": keep-alive\n\n")?;
-    conn.write_all(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\r\n\r\n")?;
+    send(b": keep-alive\n\n")?;
+    send(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\r\n\r\n")?;
     for k in 0..CHUNKS {
         let event = format!(
             "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{k} \"}}}}]}}\n\n"
         );
         // Split one event across two writes, mid-JSON.
         let (a, b) = event.as_bytes().split_at(event.len() / 2);
-        conn.write_all(a)?;
-        conn.flush()?;
+        send(a)?;
         std::thread::sleep(GAP);
-        conn.write_all(b)?;
-        conn.write_all(b": keep-alive\n\n")?;
+        send(b)?;
+        send(b": keep-alive\n\n")?;
         std::thread::sleep(GAP);
     }
-    conn.write_all(
-        b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
-    )?;
+    send(b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n")?;
     if model != "no-usage" {
         let usage = format!(
             "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":30,\"completion_tokens\":{}}}}}\n\n",
             CHUNKS * TOKENS_PER_CHUNK
         );
-        conn.write_all(usage.as_bytes())?;
+        send(usage.as_bytes())?;
     }
-    conn.write_all(b"data: [DONE]\n\n")
+    send(b"data: [DONE]\n\n")?;
+    conn.write_all(b"0\r\n\r\n")
 }
 
 fn config(url: &str, model: &str) -> EndpointConfig {

@@ -1,6 +1,7 @@
 //! Command-line interface: flag definitions, help and dispatch in one place. Each subcommand's
 //! work lives in its own module.
 
+mod bench;
 mod infer;
 mod models;
 mod serve;
@@ -27,6 +28,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Benchmark the engine in-process, or load-test any OpenAI-compatible endpoint.
+    Bench(bench::BenchArgs),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
     /// Generate a completion of a raw prompt.
@@ -145,6 +148,7 @@ pub fn main() -> ExitCode {
         crate::engine::kernels::set_threads(n);
     }
     let result = match cli.command {
+        Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Generate(a) => infer::generate(a),
         Command::Chat(a) => infer::chat(a),
