@@ -163,6 +163,9 @@ impl Sampler {
         if p.temperature <= 0.0 || p.top_k == 1 {
             return argmax(logits);
         }
+        if p.top_k == 0 && p.top_p >= 1.0 {
+            return self.draw_full(logits);
+        }
         // Candidates, best first.
         let mut cand: Vec<u32> = if p.top_k > 0 {
             top_k_indices(logits, p.top_k)
@@ -210,6 +213,31 @@ impl Sampler {
             r -= w;
         }
         cand[cand.len() - 1]
+    }
+
+    /// Draws from the whole vocabulary (no top-k / top-p), with min-p and temperature, in two
+    /// passes and without sorting.
+    fn draw_full(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // min-p keeps tokens with probability >= min_p * p(best), i.e. logit >= max + ln(min_p).
+        let cut = if p.min_p > 0.0 { max + p.min_p.ln() } else { f32::NEG_INFINITY };
+        let inv_t = 1.0 / p.temperature;
+        let weight = |l: f32| if l >= cut { ((l - max) * inv_t).exp() } else { 0.0 };
+        let sum: f32 = logits.iter().map(|&l| weight(l)).sum();
+        let mut r = self.rng.r#gen::<f32>() * sum;
+        let mut last = argmax(logits);
+        for (i, &l) in logits.iter().enumerate() {
+            let w = weight(l);
+            if w > 0.0 {
+                if r < w {
+                    return i as u32;
+                }
+                r -= w;
+                last = i as u32;
+            }
+        }
+        last
     }
 
     fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
