@@ -35,6 +35,18 @@ pub use isa::Isa;
 pub use packed::{PackedMatrix, matmul_packed};
 pub use pool::{set_threads, threads};
 
+/// Runs `f(i)` for every `i` in `0..n` on the kernels' thread pool, the caller taking part.
+/// Using the same pool as the matrix products keeps its spinning workers from competing with a
+/// second pool for the cores.
+pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    let chunks = pool::Chunks::new(n);
+    pool::run(&|_| {
+        while let Some(i) = chunks.claim() {
+            f(i)
+        }
+    });
+}
+
 use blocks::{BlockQ8K, BlockQ8s, BlockQ8x2};
 use isa::Act;
 use std::cell::RefCell;

@@ -5,8 +5,6 @@
 //! the batch at once; attention runs per token against that token's sequence. Families differ
 //! only through [`ModelConfig`] switches.
 
-use rayon::prelude::*;
-
 use crate::engine::error::Result;
 use crate::engine::gguf::GgufFile;
 use crate::engine::kernels::{self, ops};
@@ -15,6 +13,11 @@ use super::config::{Activation, ModelConfig};
 use super::kv::{KvPool, SeqKv};
 use super::weights::{Linear, Weights};
 use super::{Batch, Model};
+
+/// The attention output buffer, shared by the pool's threads (each writes its own rows).
+struct OutPtr(*mut f32);
+// SAFETY: only used to hand disjoint slices of one buffer to the pool's threads.
+unsafe impl Sync for OutPtr {}
 
 /// A loaded transformer: configuration, memory-mapped weights.
 pub struct Transformer {
@@ -119,7 +122,13 @@ impl Transformer {
         } else {
             None
         };
-        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+        assert_eq!(out.len(), batch.len() * cfg.n_head * hd);
+        let dst = OutPtr(out.as_mut_ptr());
+        let dst = &dst;
+        kernels::parallel_for(batch.len() * cfg.n_head, &|i| {
+            // SAFETY: item `i` writes only `out[i*hd..(i+1)*hd]`, disjoint from every other
+            // item, and `out` outlives the call.
+            let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(i * hd), hd) };
             let (t, h) = (i / cfg.n_head, i % cfg.n_head);
             let qh = &q[i * hd..(i + 1) * hd];
             let seq = &seqs[batch.seq[t]];
