@@ -36,7 +36,10 @@ fn agree(want: &[f32], got: &[f32], tol: f32, what: &str) -> u32 {
     if picked != top {
         // Only a near-tie may flip: both backends quantize activations differently.
         let gap = log_prob(want, top) - log_prob(want, picked);
-        assert!(gap < tol, "{what}: top token differs ({top} vs {picked}, gap {gap} nat)");
+        assert!(
+            gap < tol,
+            "{what}: top token differs ({top} vs {picked}, gap {gap} nat)"
+        );
     }
     let d = (log_prob(want, top) - log_prob(got, top)).abs();
     assert!(d < tol, "{what}: |Δ log p(top)| = {d}");

@@ -43,9 +43,17 @@ fn check(model_name: &str, file: &str, min_top1: f64, min_strict: f64) {
         // Prefill the prompt in one pass, then feed llama.cpp's tokens one decode step at a
         // time, as its server did.
         let mut seqs = [SeqKv::default()];
-        let mut logits = m.forward(&Batch::single(&prompt, 0), &mut pool, &mut seqs).expect("prefill");
+        let mut logits = m
+            .forward(&Batch::single(&prompt, 0), &mut pool, &mut seqs)
+            .expect("prefill");
         for (i, &tok) in forced[..forced.len() - 1].iter().enumerate() {
-            let step = m.forward(&Batch::single(&[tok], prompt.len() + i), &mut pool, &mut seqs).expect("decode");
+            let step = m
+                .forward(
+                    &Batch::single(&[tok], prompt.len() + i),
+                    &mut pool,
+                    &mut seqs,
+                )
+                .expect("decode");
             logits.extend_from_slice(&step);
         }
         pool.release(&mut seqs[0]);
@@ -112,5 +120,10 @@ fn smollm2_matches_llama_cpp() {
 
 #[test]
 fn qwen05_matches_llama_cpp() {
-    check("qwen2.5-coder-0.5b-instruct", "qwen05-shared.json", 0.99, 0.99);
+    check(
+        "qwen2.5-coder-0.5b-instruct",
+        "qwen05-shared.json",
+        0.99,
+        0.99,
+    );
 }

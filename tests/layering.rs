@@ -14,9 +14,15 @@ fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 #[test]
 fn engine_and_service_do_not_look_up() {
     for (layer, forbidden) in [
-        ("src/engine", &["axum", "crate::api", "crate::service", "crate::cli"][..]),
+        (
+            "src/engine",
+            &["axum", "crate::api", "crate::service", "crate::cli"][..],
+        ),
         ("src/service", &["axum", "crate::api", "crate::cli"][..]),
-        ("src/catalog", &["axum", "crate::api", "crate::service", "crate::engine"][..]),
+        (
+            "src/catalog",
+            &["axum", "crate::api", "crate::service", "crate::engine"][..],
+        ),
     ] {
         let mut files = Vec::new();
         rust_files(std::path::Path::new(layer), &mut files);
@@ -36,6 +42,10 @@ fn every_source_file_opens_with_a_doc_comment() {
     rust_files(std::path::Path::new("src"), &mut files);
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        assert!(text.trim_start().starts_with("//!"), "{} lacks a //! header", f.display());
+        assert!(
+            text.trim_start().starts_with("//!"),
+            "{} lacks a //! header",
+            f.display()
+        );
     }
 }

@@ -16,12 +16,18 @@ fn tensor(rows: usize, cols: usize, seed: u64, dtype: GgmlDType) -> QTensor {
     let n = rows * cols;
     let data: Vec<f32> = (0..n)
         .map(|i| {
-            let x = (i as u64).wrapping_mul(6364136223846793005).wrapping_add(seed * 1442695040888963407);
+            let x = (i as u64)
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(seed * 1442695040888963407);
             ((x >> 33) % 2000) as f32 / 1000.0 - 1.0
         })
         .map(|v| v * 0.2)
         .collect();
-    let shape: Vec<usize> = if rows == 1 { vec![cols] } else { vec![rows, cols] };
+    let shape: Vec<usize> = if rows == 1 {
+        vec![cols]
+    } else {
+        vec![rows, cols]
+    };
     let t = Tensor::from_vec(data, shape, &Device::Cpu).unwrap();
     QTensor::quantize(&t, dtype).unwrap()
 }
@@ -37,13 +43,25 @@ fn tiny_model(path: &std::path::Path, arch: &str, drop_key: Option<&str>) {
         (format!("{a}.feed_forward_length"), Value::U32(FF as u32)),
         (format!("{a}.attention.head_count"), Value::U32(4)),
         (format!("{a}.attention.head_count_kv"), Value::U32(2)),
-        (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (
+            format!("{a}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5),
+        ),
         (format!("{a}.vocab_size"), Value::U32(VOCAB as u32)),
     ];
-    let md: Vec<(String, Value)> = md.into_iter().filter(|(k, _)| Some(k.as_str()) != drop_key).collect();
+    let md: Vec<(String, Value)> = md
+        .into_iter()
+        .filter(|(k, _)| Some(k.as_str()) != drop_key)
+        .collect();
     let mut tensors: Vec<(String, QTensor)> = vec![
-        ("token_embd.weight".into(), tensor(VOCAB, DIM, 1, GgmlDType::Q8_0)),
-        ("output_norm.weight".into(), tensor(1, DIM, 2, GgmlDType::F32)),
+        (
+            "token_embd.weight".into(),
+            tensor(VOCAB, DIM, 1, GgmlDType::Q8_0),
+        ),
+        (
+            "output_norm.weight".into(),
+            tensor(1, DIM, 2, GgmlDType::F32),
+        ),
     ];
     let kv = DIM / 2;
     for il in 0..LAYERS {
@@ -59,7 +77,10 @@ fn tiny_model(path: &std::path::Path, arch: &str, drop_key: Option<&str>) {
             ("ffn_up", FF, DIM, GgmlDType::Q4_0),
             ("ffn_down", DIM, FF, GgmlDType::Q8_0),
         ] {
-            tensors.push((format!("blk.{il}.{name}.weight"), tensor(rows, cols, s + name.len() as u64, dt)));
+            tensors.push((
+                format!("blk.{il}.{name}.weight"),
+                tensor(rows, cols, s + name.len() as u64, dt),
+            ));
         }
     }
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -94,18 +115,25 @@ fn bad_files_give_named_errors() {
         let p = dir.path().join(format!("cut{cut}.gguf"));
         std::fs::write(&p, &bytes[..cut]).unwrap();
         let e = err_of(&p);
-        assert!(matches!(e, EngineError::BadGguf { .. }), "cut at {cut}: {e}");
+        assert!(
+            matches!(e, EngineError::BadGguf { .. }),
+            "cut at {cut}: {e}"
+        );
     }
     let p = dir.path().join("notgguf.gguf");
     std::fs::write(&p, b"definitely not a model").unwrap();
     assert!(matches!(err_of(&p), EngineError::BadGguf { .. }));
-    assert!(matches!(err_of(&dir.path().join("absent.gguf")), EngineError::Io { .. }));
+    assert!(matches!(
+        err_of(&dir.path().join("absent.gguf")),
+        EngineError::Io { .. }
+    ));
 }
 
 fn logits_alone(m: &dyn model::Model, tokens: &[u32]) -> Vec<f32> {
     let mut pool = m.new_pool(512);
     let mut seqs = [SeqKv::default()];
-    m.forward(&Batch::single(tokens, 0), &mut pool, &mut seqs).unwrap()
+    m.forward(&Batch::single(tokens, 0), &mut pool, &mut seqs)
+        .unwrap()
 }
 
 #[test]
@@ -133,7 +161,10 @@ fn batched_sequences_match_separate_runs() {
     let out = m.forward(&batch, &mut pool, &mut seqs).unwrap();
     let (ob, oa) = out.split_at(VOCAB);
     let close = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(p, q)| (p - q).abs() < 1e-3);
-    assert!(close(oa, &la) && close(ob, &lb), "batched logits differ from separate runs");
+    assert!(
+        close(oa, &la) && close(ob, &lb),
+        "batched logits differ from separate runs"
+    );
     // One decode step for both, then compare with full recomputation.
     let mut step = Batch::default();
     step.push(11, a.len(), 0, true);
@@ -153,15 +184,20 @@ fn forked_prefix_gives_same_logits() {
     let prompt: Vec<u32> = (0..70).map(|i| (i * 7 % VOCAB) as u32).collect();
     let mut pool = m.new_pool(1024);
     let mut base = [SeqKv::default()];
-    m.forward(&Batch::single(&prompt, 0), &mut pool, &mut base).unwrap();
+    m.forward(&Batch::single(&prompt, 0), &mut pool, &mut base)
+        .unwrap();
     // Share the first 50 positions, then run a different continuation.
     let mut forked = [pool.fork(&base[0], 50)];
     let tail: Vec<u32> = vec![3, 1, 4, 1, 5];
-    let out = m.forward(&Batch::single(&tail, 50), &mut pool, &mut forked).unwrap();
+    let out = m
+        .forward(&Batch::single(&tail, 50), &mut pool, &mut forked)
+        .unwrap();
     let full = logits_alone(m.as_ref(), &[&prompt[..50], &tail[..]].concat());
     assert!(out.iter().zip(&full).all(|(x, y)| (x - y).abs() < 1e-3));
     // The original sequence is untouched by the fork's writes.
-    let next = m.forward(&Batch::single(&[9], 70), &mut pool, &mut base).unwrap();
+    let next = m
+        .forward(&Batch::single(&[9], 70), &mut pool, &mut base)
+        .unwrap();
     let again = logits_alone(m.as_ref(), &[prompt.clone(), vec![9]].concat());
     assert!(next.iter().zip(&again).all(|(x, y)| (x - y).abs() < 1e-3));
 }
@@ -174,6 +210,12 @@ fn out_of_range_batches_are_rejected() {
     let m = model::load(&p).unwrap();
     let mut pool = m.new_pool(512);
     let mut seqs = [SeqKv::default()];
-    assert!(m.forward(&Batch::single(&[VOCAB as u32], 0), &mut pool, &mut seqs).is_err());
-    assert!(m.forward(&Batch::single(&[1], 300), &mut pool, &mut seqs).is_err());
+    assert!(
+        m.forward(&Batch::single(&[VOCAB as u32], 0), &mut pool, &mut seqs)
+            .is_err()
+    );
+    assert!(
+        m.forward(&Batch::single(&[1], 300), &mut pool, &mut seqs)
+            .is_err()
+    );
 }

@@ -84,25 +84,25 @@ impl Client {
         }
     }
 
-    fn send(&self, agent: &ureq::Agent, body: &str) -> Result<ureq::Response, ureq::Error> {
-        let mut req = agent
+    fn request(&self, agent: &ureq::Agent) -> ureq::Request {
+        let req = agent
             .post(&self.url)
             .set("Content-Type", "application/json")
             .set("Accept", "text/event-stream")
             .set("Accept-Encoding", "identity");
-        if let Some(auth) = &self.auth {
-            req = req.set("Authorization", auth);
+        match &self.auth {
+            Some(auth) => req.set("Authorization", auth),
+            None => req,
         }
-        req.send_string(body)
     }
 
     /// Sends one streaming request and times its chunks.
     pub(super) fn stream(&self, body: &str) -> Result<Timing, Failure> {
         let mut start = Instant::now();
-        let sent = match self.send(&self.pooled, body) {
+        let sent = match self.request(&self.pooled).send_string(body) {
             Err(ureq::Error::Transport(t)) if t.kind() == ureq::ErrorKind::Io => {
                 start = Instant::now();
-                self.send(&self.fresh, body)
+                self.request(&self.fresh).send_string(body)
             }
             sent => sent,
         };

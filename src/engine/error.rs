@@ -54,7 +54,9 @@ pub enum EngineError {
     #[error("chat template: {0}")]
     Template(String),
     /// A request does not fit the model's context window.
-    #[error("the prompt ({prompt} tokens) plus max_tokens ({max_tokens}) exceeds the context length of {context} tokens")]
+    #[error(
+        "the prompt ({prompt} tokens) plus max_tokens ({max_tokens}) exceeds the context length of {context} tokens"
+    )]
     ContextOverflow {
         /// Prompt length in tokens.
         prompt: usize,

@@ -150,8 +150,11 @@ impl GgufFile {
             // SAFETY: the map is read-only and file-backed: DONTNEED drops clean pages, which
             // are re-read from the file on the next access; no data can be lost.
             let _ = unsafe {
-                self.mmap
-                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
             };
         }
     }

@@ -221,9 +221,19 @@ impl Sampler {
         let p = &self.params;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         // min-p keeps tokens with probability >= min_p * p(best), i.e. logit >= max + ln(min_p).
-        let cut = if p.min_p > 0.0 { max + p.min_p.ln() } else { f32::NEG_INFINITY };
+        let cut = if p.min_p > 0.0 {
+            max + p.min_p.ln()
+        } else {
+            f32::NEG_INFINITY
+        };
         let inv_t = 1.0 / p.temperature;
-        let weight = |l: f32| if l >= cut { ((l - max) * inv_t).exp() } else { 0.0 };
+        let weight = |l: f32| {
+            if l >= cut {
+                ((l - max) * inv_t).exp()
+            } else {
+                0.0
+            }
+        };
         let sum: f32 = logits.iter().map(|&l| weight(l)).sum();
         let mut r = self.rng.r#gen::<f32>() * sum;
         let mut last = argmax(logits);
