@@ -316,40 +316,17 @@ unsafe fn kquant<const T: usize>(
     }
 }
 
-macro_rules! tokens {
-    ($f:ident, $dt:ident) => {{
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn run(w: &[u8], a: &[u8], arow: usize, out: &mut [f32]) {
-            let d = GgmlDType::$dt;
-            // SAFETY: same features; the kernels check the lengths.
-            unsafe {
-                // At most four tokens at a time: 16 `ymm` registers.
-                for (c, out) in out.chunks_mut(4).enumerate() {
-                    let a = &a[4 * c * arow..];
-                    match out.len() {
-                        1 => $f::<1>(d, w, a, arow, out),
-                        2 => $f::<2>(d, w, a, arow, out),
-                        3 => $f::<3>(d, w, a, arow, out),
-                        _ => $f::<4>(d, w, a, arow, out),
-                    }
-                }
-            }
-        }
-        run as DotFn
-    }};
-}
-
 /// The AVX2 kernel for a quantized format, if there is one.
 pub fn kernel(dtype: GgmlDType) -> Option<DotFn> {
     Some(match dtype {
-        GgmlDType::Q4_0 => tokens!(legacy, Q4_0),
-        GgmlDType::Q4_1 => tokens!(legacy, Q4_1),
-        GgmlDType::Q5_0 => tokens!(legacy, Q5_0),
-        GgmlDType::Q5_1 => tokens!(legacy, Q5_1),
-        GgmlDType::Q8_0 => tokens!(legacy, Q8_0),
-        GgmlDType::Q4K => tokens!(kquant, Q4K),
-        GgmlDType::Q5K => tokens!(kquant, Q5K),
-        GgmlDType::Q6K => tokens!(kquant, Q6K),
+        GgmlDType::Q4_0 => tokens!(legacy, Q4_0, "avx2,fma,f16c"),
+        GgmlDType::Q4_1 => tokens!(legacy, Q4_1, "avx2,fma,f16c"),
+        GgmlDType::Q5_0 => tokens!(legacy, Q5_0, "avx2,fma,f16c"),
+        GgmlDType::Q5_1 => tokens!(legacy, Q5_1, "avx2,fma,f16c"),
+        GgmlDType::Q8_0 => tokens!(legacy, Q8_0, "avx2,fma,f16c"),
+        GgmlDType::Q4K => tokens!(kquant, Q4K, "avx2,fma,f16c"),
+        GgmlDType::Q5K => tokens!(kquant, Q5K, "avx2,fma,f16c"),
+        GgmlDType::Q6K => tokens!(kquant, Q6K, "avx2,fma,f16c"),
         _ => return None,
     })
 }

@@ -105,29 +105,6 @@ unsafe fn dot256<const T: usize>(
     }
 }
 
-macro_rules! tokens {
-    ($f:ident, $dt:ident, $feat:literal) => {{
-        #[target_feature(enable = $feat)]
-        unsafe fn run(w: &[u8], a: &[u8], arow: usize, out: &mut [f32]) {
-            let d = GgmlDType::$dt;
-            // SAFETY: same features; the kernels check the lengths.
-            unsafe {
-                // At most four tokens at a time: 16 `ymm` registers.
-                for (c, out) in out.chunks_mut(4).enumerate() {
-                    let a = &a[4 * c * arow..];
-                    match out.len() {
-                        1 => $f::<1>(d, w, a, arow, out),
-                        2 => $f::<2>(d, w, a, arow, out),
-                        3 => $f::<3>(d, w, a, arow, out),
-                        _ => $f::<4>(d, w, a, arow, out),
-                    }
-                }
-            }
-        }
-        run as DotFn
-    }};
-}
-
 /// The AVX-512 kernel for a float format.
 pub fn kernel512(dtype: GgmlDType) -> Option<DotFn> {
     Some(match dtype {
