@@ -16,7 +16,7 @@ use candle_nn::rotary_emb::{rope, rope_i};
 use crate::engine::error::{EngineError, Result};
 use crate::engine::gguf::{GgufFile, Metadata};
 
-use super::config::{Activation, ModelConfig};
+use super::config::{Activation, ModelConfig, rope_cos_sin};
 use super::kv::{KvPool, SeqKv};
 use super::weights::{Linear, Weights};
 use super::{Batch, Model};
@@ -159,22 +159,10 @@ impl CandleTransformer {
         })
     }
 
-    /// cos and sin `[n, 1, rope_dim / 2]` for the batch's positions (as `Transformer::rope_table`).
+    /// cos and sin `[n, 1, rope_dim / 2]` for the batch's positions.
     fn rope_table(&self, pos: &[usize], base: f32) -> CResult<(Tensor, Tensor)> {
         let half = self.cfg.rope_dim / 2;
-        let (mut cos, mut sin) = (Vec::new(), Vec::new());
-        for &p in pos {
-            let p = p as f32 / self.cfg.rope_scale;
-            for j in 0..half {
-                let mut theta = p * base.powf(-2.0 * j as f32 / self.cfg.rope_dim as f32);
-                if let Some(f) = &self.w.rope_freqs {
-                    theta /= f[j];
-                }
-                let (s, c) = theta.sin_cos();
-                cos.push(c);
-                sin.push(s);
-            }
-        }
+        let (cos, sin) = rope_cos_sin(&self.cfg, self.w.rope_freqs.as_deref(), pos, base);
         let shape = (pos.len(), 1, half);
         Ok((
             Tensor::from_vec(cos, shape, &self.dev)?,

@@ -171,3 +171,34 @@ impl ModelConfig {
         self.n_head * self.head_dim
     }
 }
+
+/// RoPE cosines and sines for each position, `[pos.len() * rope_dim / 2]` each, for one base;
+/// `freqs` are the optional per-dimension divisors of Llama 3 (`rope_freqs.weight`). Shared by
+/// every backend so that they rotate identically.
+pub fn rope_cos_sin(
+    cfg: &ModelConfig,
+    freqs: Option<&[f32]>,
+    pos: &[usize],
+    base: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let half = cfg.rope_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|j| {
+            let f = base.powf(-2.0 * j as f32 / cfg.rope_dim as f32);
+            freqs.map_or(f, |d| f / d[j])
+        })
+        .collect();
+    let (mut cos, mut sin) = (
+        Vec::with_capacity(pos.len() * half),
+        Vec::with_capacity(pos.len() * half),
+    );
+    for &p in pos {
+        let p = p as f32 / cfg.rope_scale;
+        for &f in &inv {
+            let (s, c) = (p * f).sin_cos();
+            cos.push(c);
+            sin.push(s);
+        }
+    }
+    (cos, sin)
+}

@@ -9,7 +9,7 @@ use crate::engine::error::Result;
 use crate::engine::gguf::GgufFile;
 use crate::engine::kernels::{self, ops};
 
-use super::config::{Activation, ModelConfig};
+use super::config::{Activation, ModelConfig, rope_cos_sin};
 use super::kv::{KvPool, SeqKv};
 use super::weights::{Linear, Weights};
 use super::{Batch, Model};
@@ -63,33 +63,17 @@ impl Transformer {
         }
     }
 
-    /// cos/sin tables for the batch's positions, for one RoPE base.
-    fn rope_table(&self, pos: &[usize], base: f32) -> Vec<f32> {
-        let half = self.cfg.rope_dim / 2;
-        let mut t = vec![0.0; pos.len() * half * 2];
-        for (i, &p) in pos.iter().enumerate() {
-            let p = p as f32 / self.cfg.rope_scale;
-            for j in 0..half {
-                let mut theta = p * base.powf(-2.0 * j as f32 / self.cfg.rope_dim as f32);
-                if let Some(f) = &self.w.rope_freqs {
-                    theta /= f[j];
-                }
-                let (s, c) = theta.sin_cos();
-                t[(i * half + j) * 2] = c;
-                t[(i * half + j) * 2 + 1] = s;
-            }
-        }
-        t
-    }
-
     /// Rotates every head of each row in place.
-    fn apply_rope(&self, x: &mut [f32], heads: usize, table: &[f32]) {
+    fn apply_rope(&self, x: &mut [f32], heads: usize, (cos, sin): &(Vec<f32>, Vec<f32>)) {
         let (hd, half) = (self.cfg.head_dim, self.cfg.rope_dim / 2);
         for (t, row) in x.chunks_exact_mut(heads * hd).enumerate() {
-            let cs = &table[t * half * 2..(t + 1) * half * 2];
+            let (cos, sin) = (
+                &cos[t * half..(t + 1) * half],
+                &sin[t * half..(t + 1) * half],
+            );
             for h in row.chunks_exact_mut(hd) {
                 for j in 0..half {
-                    let (c, s) = (cs[2 * j], cs[2 * j + 1]);
+                    let (c, s) = (cos[j], sin[j]);
                     let (a, b) = if self.cfg.rope_neox {
                         (j, j + half)
                     } else {
@@ -177,9 +161,10 @@ impl Model for Transformer {
             }
         }
 
-        let rope_global = self.rope_table(&batch.pos, cfg.rope_base);
+        let freqs = self.w.rope_freqs.as_deref();
+        let rope_global = rope_cos_sin(cfg, freqs, &batch.pos, cfg.rope_base);
         let rope_local = (cfg.sliding_window.is_some())
-            .then(|| self.rope_table(&batch.pos, cfg.rope_base_local));
+            .then(|| rope_cos_sin(cfg, freqs, &batch.pos, cfg.rope_base_local));
         let (mut h, mut q, mut k, mut v) = (vec![0.0; n * d], Vec::new(), Vec::new(), Vec::new());
         let (mut att, mut o, mut g, mut u) =
             (vec![0.0; n * qd], Vec::new(), Vec::new(), Vec::new());
@@ -190,8 +175,8 @@ impl Model for Transformer {
             self.linear(&lw.wk, &h, n, &mut k);
             self.linear(&lw.wv, &h, n, &mut v);
             if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
-                rms_heads(&mut q, qn, cfg.rms_eps);
-                rms_heads(&mut k, kn, cfg.rms_eps);
+                rms_rows_inplace(&mut q, qn, cfg.rms_eps);
+                rms_rows_inplace(&mut k, kn, cfg.rms_eps);
             }
             let table = match (&rope_local, cfg.is_sliding(il)) {
                 (Some(t), true) => t,
@@ -269,9 +254,4 @@ fn rms_rows_inplace(x: &mut [f32], w: &[f32], eps: f32) {
         ops::rms_norm(row, w, eps, &mut tmp);
         row.copy_from_slice(&tmp);
     }
-}
-
-/// Per-head RMSNorm (Q/K norms of Qwen3 and Gemma 3).
-fn rms_heads(x: &mut [f32], w: &[f32], eps: f32) {
-    rms_rows_inplace(x, w, eps);
 }
