@@ -177,16 +177,7 @@ impl Stream {
             }
         }
         if !text.is_empty() || !lps.is_empty() {
-            let logprobs = if lps.is_empty() {
-                Value::Null
-            } else {
-                json!({"content": lps})
-            };
-            out.push(self.chunk(
-                created,
-                json!([self.delta(i, json!({"content": text}), logprobs)]),
-                None,
-            ));
+            out.push(self.content_chunk(created, i, text, lps));
         }
         let Some(f) = t.finish else { return };
         let mut finish = f.as_str();
@@ -201,6 +192,20 @@ impl Stream {
         let end = json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": finish});
         out.push(self.chunk(created, json!([end]), None));
         s.done = true;
+    }
+
+    /// A content delta for choice `i`, with its log-probabilities when there are any.
+    fn content_chunk(&self, created: u64, i: usize, text: String, lps: Vec<Value>) -> Event {
+        let logprobs = if lps.is_empty() {
+            Value::Null
+        } else {
+            json!({"content": lps})
+        };
+        self.chunk(
+            created,
+            json!([self.delta(i, json!({"content": text}), logprobs)]),
+            None,
+        )
     }
 
     /// Sends what was held back at the end of a choice: tool calls when it parses as some,
@@ -219,16 +224,8 @@ impl Stream {
                 content
             };
             let lps = std::mem::take(&mut s.held_logprobs);
-            let logprobs = if lps.is_empty() || !calls.is_empty() {
-                Value::Null
-            } else {
-                json!({"content": lps})
-            };
-            out.push(self.chunk(
-                created,
-                json!([self.delta(i, json!({"content": text}), logprobs)]),
-                None,
-            ));
+            let lps = if calls.is_empty() { lps } else { Vec::new() };
+            out.push(self.content_chunk(created, i, text, lps));
         }
         for (k, (c, full)) in calls.iter().zip(tool_calls_json(&calls)).enumerate() {
             let head = json!({"tool_calls": [{"index": k, "id": full["id"], "type": "function",
