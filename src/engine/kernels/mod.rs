@@ -19,6 +19,7 @@
 mod blocks;
 mod dequant;
 mod dot_scalar;
+pub mod f16ops;
 mod isa;
 pub mod ops;
 mod packed;
@@ -141,12 +142,21 @@ pub(crate) fn matmul_isa(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], isa:
         let bytes = unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), x.len() * 4) };
         return run_tiles(w, bytes, act.row_bytes(w.cols), n, out, dot);
     }
-    with_activations(act, x, w.cols, |a, arow| run_tiles(w, a, arow, n, out, dot));
+    let min = has_min(w.dtype);
+    with_activations(act, min, x, w.cols, |a, arow| {
+        run_tiles(w, a, arow, n, out, dot)
+    });
+}
+
+/// Whether a 32-wide weight format has a per-block minimum (which sets how the activation
+/// blocks' sums are rounded, see `quant`).
+fn has_min(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_1)
 }
 
 /// Quantizes the `x.len() / cols` activation rows to `act` in a per-thread scratch buffer
-/// and runs `f(rows, bytes_per_row)` on them.
-fn with_activations(act: Act, x: &[f32], cols: usize, f: impl FnOnce(&[u8], usize)) {
+/// and runs `f(rows, bytes_per_row)` on them; `min` as for [`has_min`].
+fn with_activations(act: Act, min: bool, x: &[f32], cols: usize, f: impl FnOnce(&[u8], usize)) {
     let n = x.len() / cols;
     let arow = act.row_bytes(cols);
     let mut scratch = SCRATCH.with_borrow_mut(std::mem::take);
@@ -156,21 +166,21 @@ fn with_activations(act: Act, x: &[f32], cols: usize, f: impl FnOnce(&[u8], usiz
         std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), scratch.len() * 64)
     };
     let bytes = &mut bytes[..n * arow];
-    quantize_rows(act, x, cols, bytes);
+    quantize_rows(act, min, x, cols, bytes);
     f(bytes, arow);
     SCRATCH.with_borrow_mut(|s| *s = scratch);
 }
 
 /// Quantizes `n` activation rows of `cols` into `out`, in parallel for large batches.
-fn quantize_rows(act: Act, x: &[f32], cols: usize, out: &mut [u8]) {
+fn quantize_rows(act: Act, min: bool, x: &[f32], cols: usize, out: &mut [u8]) {
     let n = x.len() / cols;
     let arow = out.len() / n;
     let one = |t: usize, o: &mut [u8]| {
         let xs = &x[t * cols..(t + 1) * cols];
         match act {
-            Act::Q8 => quant::quantize_q8(xs, blocks::cast_mut::<BlockQ8x2>(o)),
+            Act::Q8 => quant::quantize_q8(xs, blocks::cast_mut::<BlockQ8x2>(o), min),
             Act::Q8K => quant::quantize_q8k(xs, blocks::cast_mut::<BlockQ8K>(o)),
-            Act::Q8S => quant::quantize_q8s(xs, blocks::cast_mut::<BlockQ8s>(o)),
+            Act::Q8S => quant::quantize_q8s(xs, blocks::cast_mut::<BlockQ8s>(o), min),
             Act::F32 => unreachable!(),
         }
     };

@@ -58,17 +58,18 @@ fn axpy_impl(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `Σ x[i]²`, each square rounded to `f32` and summed in `f64` (as llama.cpp's RMSNorm does).
 #[inline(always)]
-fn sum_sq(x: &[f32]) -> f32 {
-    let mut acc = [0f32; L];
-    let c = x.chunks_exact(L);
+fn sum_sq(x: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let c = x.chunks_exact(8);
     let r = c.remainder();
     for v in c {
-        for i in 0..L {
-            acc[i] += v[i] * v[i];
+        for i in 0..8 {
+            acc[i] += (v[i] * v[i]) as f64;
         }
     }
-    acc.iter().sum::<f32>() + r.iter().map(|v| v * v).sum::<f32>()
+    acc.iter().sum::<f64>() + r.iter().map(|v| (v * v) as f64).sum::<f64>()
 }
 
 #[inline(always)]
@@ -77,25 +78,40 @@ fn rms_norm_impl(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         x.len() == w.len() && x.len() == out.len(),
         "rms_norm: lengths"
     );
-    let scale = 1.0 / (sum_sq(x) / x.len() as f32 + eps).sqrt();
+    // The mean is rounded to `f32` before adding epsilon, as in llama.cpp.
+    let mean = (sum_sq(x) / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
     for ((o, &x), &w) in out.iter_mut().zip(x).zip(w) {
         *o = x * scale * w;
     }
 }
 
-/// `e^x` to about 1 ulp·few, branch-free so that loops over it vectorize; saturates to 0 / inf.
+/// `e^x` to about 1.5 ulp, branch-free so that loops over it vectorize; saturates to 0 / inf.
+///
+/// The same reduction and polynomial as llama.cpp's vectorized `expf` (ARM's optimized-routines
+/// algorithm), with fused multiply-adds, so that activations round as the reference engine's do.
 #[inline(always)]
 pub fn exp_approx(x: f32) -> f32 {
-    let x = x.clamp(-87.3, 88.0);
-    // x = n ln2 + r, |r| <= ln2 / 2.
-    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (0.166_666_67
-                    + r * (0.041_666_41 + r * (0.008_333_452 + r * 0.001_388_89)))));
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    let x = x.clamp(-103.0, 88.8);
+    const SHIFT: f32 = 12_582_912.0; // 0x1.8p23: adding it rounds to an integer
+    let n = x.mul_add(f32::from_bits(0x3fb8_aa3b), SHIFT) - SHIFT; // x / ln 2
+    // b = x - n ln2, in two parts.
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e),
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x),
+    );
+    let u = b * b;
+    let j = f32::from_bits(0x3c07_2010)
+        .mul_add(b, f32::from_bits(0x3d2b_9f17))
+        .mul_add(
+            u,
+            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3efffedb)),
+        )
+        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
+    // j * 2^n in two exact steps, so that results down to the subnormals stay correct.
+    let ni = n as i32;
+    let (h, l) = (ni / 2, ni - ni / 2);
+    j * f32::from_bits(((h + 127) << 23) as u32) * f32::from_bits(((l + 127) << 23) as u32)
 }
 
 #[inline(always)]
@@ -153,6 +169,25 @@ fn softmax_impl(x: &mut [f32]) {
 }
 
 #[inline(always)]
+fn rope_impl(row: &mut [f32], hd: usize, cos: &[f32], sin: &[f32], neox: bool) {
+    let half = cos.len();
+    assert!(sin.len() == half && 2 * half <= hd, "rope: lengths");
+    for h in row.chunks_exact_mut(hd) {
+        for j in 0..half {
+            let (c, s) = (cos[j], sin[j]);
+            let (a, b) = if neox {
+                (j, j + half)
+            } else {
+                (2 * j, 2 * j + 1)
+            };
+            let (x0, x1) = (h[a], h[b]);
+            h[a] = x0.mul_add(c, -(x1 * s));
+            h[b] = x0.mul_add(s, x1 * c);
+        }
+    }
+}
+
+#[inline(always)]
 fn add_impl(x: &mut [f32], y: &[f32]) {
     assert_eq!(x.len(), y.len(), "add_inplace: lengths");
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
@@ -169,6 +204,11 @@ fn scale_impl(x: &mut [f32], s: f32) {
     x.iter_mut().for_each(|a| *a *= s);
 }
 
+multiversion!(
+    /// Rotates each `hd`-wide head of `row` by the angles whose cosines and sines are given:
+    /// pairs `(j, j + d/2)` (`neox`) or `(2j, 2j + 1)`, fused as llama.cpp's compiled loop is.
+    pub fn rope(row: &mut [f32], hd: usize, cos: &[f32], sin: &[f32], neox: bool) => rope_impl
+);
 multiversion!(
     /// `Σ a[i] b[i]`.
     pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 => dot_impl
@@ -266,8 +306,11 @@ mod tests {
                 "exp({x}): {got} vs {want}"
             );
         }
-        assert_eq!(exp_approx(-1000.0), exp_approx(-87.3));
-        assert!(exp_approx(1000.0).is_finite());
+        // Saturation: underflows through the subnormals to (almost) zero, overflows to infinity.
+        assert!(exp_approx(-1000.0) <= 1e-44 && exp_approx(-1000.0) >= 0.0);
+        assert!((exp_approx(-100.0) as f64 - (-100f64).exp()).abs() < 1e-45);
+        assert_eq!(exp_approx(1000.0), f32::INFINITY);
+        assert!(exp_approx(88.5).is_finite());
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use super::blocks::{BlockQ8K, BlockQ8s, f16_le};
 use super::isa::{self, Act, Isa};
 use super::packed_k;
-use super::{GgmlDType, Line, QMatrix, SyncPtr, pool, with_activations};
+use super::{GgmlDType, Line, QMatrix, SyncPtr, has_min, pool, with_activations};
 
 /// Rows per tile.
 pub const R: usize = 16;
@@ -375,7 +375,7 @@ pub(crate) fn matmul_packed_isa(w: &PackedMatrix, x: &[f32], n: usize, out: &mut
     }
     let (lay, kernel, rows) = (w.layout(), tile_kernel(isa), w.rows);
     let act = if lay.kquant { Act::Q8K } else { Act::Q8S };
-    with_activations(act, x, w.cols, |act, arow| {
+    with_activations(act, has_min(w.dtype), x, w.cols, |act, arow| {
         let tiles = rows.div_ceil(R);
         let (tr, tt) = if n == 1 {
             ((tiles / (pool::threads() * 8)).clamp(1, 32), 1)

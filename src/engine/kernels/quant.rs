@@ -3,17 +3,23 @@
 //! Every ISA path must produce bit-identical blocks, so that the integer dot products agree
 //! exactly: the scale is `amax / 127`, the inverse `127 / amax`, and values round half to even
 //! (what the SIMD conversions do).
+//!
+//! As in GGUF's `Q8_0` / `Q8_1` blocks (and llama.cpp's kernels) the 32-wide blocks keep their
+//! scale as a half. The block sum `s` serves two kinds of weights: with a per-block minimum
+//! (`Q4_1`, `Q5_1`, `min`) it is `half(d · Σq)`, as `Q8_1` stores it; with a fixed offset
+//! (`Q4_0`, `Q5_0`, `Q8_0` in the packed kernels) it is exactly `half(d) · Σq`, so that the
+//! offset correction cancels the offset to the last bit.
 
 use super::blocks::{BlockQ8K, BlockQ8s, BlockQ8x2, QK, QK_K};
 
 /// Quantizes `x` (a multiple of 32 long) to [`BlockQ8x2`] pairs (`x.len().div_ceil(64)`).
-pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8x2]) {
+pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8x2], min: bool) {
     #[cfg(target_arch = "x86_64")]
     if super::isa::get() >= super::isa::Isa::Avx512 {
         // SAFETY: AVX-512 F/BW/VL were detected at runtime.
-        return unsafe { super::x86::quant::quantize_q8(x, out) };
+        return unsafe { super::x86::quant::quantize_q8(x, out, min) };
     }
-    quantize_q8_scalar(x, out)
+    quantize_q8_scalar(x, out, min)
 }
 
 /// Quantizes `x` (a multiple of 256 long) to [`BlockQ8K`] blocks.
@@ -27,17 +33,17 @@ pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
 }
 
 /// Quantizes `x` (a multiple of 32 long) to signed [`BlockQ8s`] blocks.
-pub fn quantize_q8s(x: &[f32], out: &mut [BlockQ8s]) {
+pub fn quantize_q8s(x: &[f32], out: &mut [BlockQ8s], min: bool) {
     #[cfg(target_arch = "x86_64")]
     if super::isa::get() >= super::isa::Isa::Avx512 {
         // SAFETY: AVX-512 F/BW/VL were detected at runtime.
-        return unsafe { super::x86::quant::quantize_q8s(x, out) };
+        return unsafe { super::x86::quant::quantize_q8s(x, out, min) };
     }
-    quantize_q8s_scalar(x, out)
+    quantize_q8s_scalar(x, out, min)
 }
 
 /// Scalar reference for [`quantize_q8s`].
-pub fn quantize_q8s_scalar(x: &[f32], out: &mut [BlockQ8s]) {
+pub fn quantize_q8s_scalar(x: &[f32], out: &mut [BlockQ8s], min: bool) {
     assert_eq!(x.len(), out.len() * QK);
     for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -47,8 +53,8 @@ pub fn quantize_q8s_scalar(x: &[f32], out: &mut [BlockQ8s]) {
             *q = (v * id).round_ties_even() as i8;
             sum += *q as i32;
         }
-        b.d = d;
-        b.s = d * sum as f32;
+        b.d = half_round(d);
+        b.s = block_sum(d, sum, min);
     }
 }
 
@@ -63,7 +69,7 @@ pub fn scales(amax: f32) -> (f32, f32) {
 }
 
 /// Scalar reference for [`quantize_q8`].
-pub fn quantize_q8_scalar(x: &[f32], out: &mut [BlockQ8x2]) {
+pub fn quantize_q8_scalar(x: &[f32], out: &mut [BlockQ8x2], min: bool) {
     assert!(x.len().is_multiple_of(QK) && out.len() == x.len().div_ceil(2 * QK));
     for (xs, p) in x.chunks(2 * QK).zip(out.iter_mut()) {
         *p = BlockQ8x2 {
@@ -80,8 +86,8 @@ pub fn quantize_q8_scalar(x: &[f32], out: &mut [BlockQ8x2]) {
                 sum += q as i32;
                 *u = q as u8 ^ 0x80;
             }
-            p.d[8 * half..8 * half + 8].fill(d);
-            p.s[8 * half..8 * half + 8].fill(d * sum as f32);
+            p.d[8 * half..8 * half + 8].fill(half_round(d));
+            p.s[8 * half..8 * half + 8].fill(block_sum(d, sum, min));
         }
     }
 }
@@ -103,5 +109,23 @@ pub fn quantize_q8k_scalar(x: &[f32], out: &mut [BlockQ8K]) {
             b.bsum32[g] = b.bsums[2 * g] + b.bsums[2 * g + 1];
         }
         b.pad = [0; 12];
+    }
+}
+
+/// Rounds an activation block's scale to half precision, as GGUF's `Q8_0` / `Q8_1` blocks
+/// (and llama.cpp's kernels) store it.
+#[inline(always)]
+pub fn half_round(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
+}
+
+/// The block sum `s` for scale `d` (before rounding) and quant sum `sum` (see the module doc).
+#[inline(always)]
+pub fn block_sum(d: f32, sum: i32, min: bool) -> f32 {
+    if min {
+        half_round(d * sum as f32)
+    } else {
+        // Exact: |sum| < 2^12 and a half has an 11-bit significand.
+        half_round(d) * sum as f32
     }
 }

@@ -243,7 +243,9 @@ fn check_extremes<T: GgmlType>(dtype: GgmlDType, cols: usize, f16_fields: &[usiz
                         .iter()
                         .map(|&v| (v * sign) as f64)
                         .sum();
-                    let tol = 1e-4 * exact.abs() + 1e-4;
+                    // Activation blocks of the 32-wide formats keep their scale as a half
+                    // (GGUF's `Q8_0`), so a constant input is off by up to 2^-11 relative.
+                    let tol = 1e-3 * exact.abs() + 1e-4;
                     assert!(
                         (got[r] as f64 - exact).abs() <= tol,
                         "{dtype:?} {is:?} fill {fill:#x} x={sign}: {} vs {exact}",
@@ -339,18 +341,22 @@ fn activation_quantization_paths_agree() {
     };
     let mut a = vec![z; 4864 / 64];
     let mut b = a.clone();
-    quant::quantize_q8_scalar(&x, &mut a);
-    quant::quantize_q8(&x, &mut b);
-    assert_eq!(blocks::as_bytes(&a), blocks::as_bytes(&b));
+    for min in [false, true] {
+        quant::quantize_q8_scalar(&x, &mut a, min);
+        quant::quantize_q8(&x, &mut b, min);
+        assert_eq!(blocks::as_bytes(&a), blocks::as_bytes(&b));
+    }
     let z = BlockQ8s {
         qs: [0; 32],
         d: 0.0,
         s: 0.0,
     };
     let (mut a, mut b) = (vec![z; 4864 / 32], vec![z; 4864 / 32]);
-    quant::quantize_q8s_scalar(&x, &mut a);
-    quant::quantize_q8s(&x, &mut b);
-    assert_eq!(blocks::as_bytes(&a), blocks::as_bytes(&b));
+    for min in [false, true] {
+        quant::quantize_q8s_scalar(&x, &mut a, min);
+        quant::quantize_q8s(&x, &mut b, min);
+        assert_eq!(blocks::as_bytes(&a), blocks::as_bytes(&b));
+    }
     let z = BlockQ8K {
         d: 0.0,
         qs: [0; 256],

@@ -175,6 +175,9 @@ impl ModelConfig {
 /// RoPE cosines and sines for each position, `[pos.len() * rope_dim / 2]` each, for one base;
 /// `freqs` are the optional per-dimension divisors of Llama 3 (`rope_freqs.weight`). Shared by
 /// every backend so that they rotate identically.
+///
+/// The angles are built as llama.cpp builds them, `θ_{j+1} = θ_j · base^(-2/d)` from `θ_0 = pos`
+/// in `f32`, so that ward's rotated keys round to the same halves in the cache.
 pub fn rope_cos_sin(
     cfg: &ModelConfig,
     freqs: Option<&[f32]>,
@@ -182,22 +185,19 @@ pub fn rope_cos_sin(
     base: f32,
 ) -> (Vec<f32>, Vec<f32>) {
     let half = cfg.rope_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|j| {
-            let f = base.powf(-2.0 * j as f32 / cfg.rope_dim as f32);
-            freqs.map_or(f, |d| f / d[j])
-        })
-        .collect();
+    let step = base.powf(-2.0 / cfg.rope_dim as f32);
+    let freq_scale = 1.0 / cfg.rope_scale;
     let (mut cos, mut sin) = (
         Vec::with_capacity(pos.len() * half),
         Vec::with_capacity(pos.len() * half),
     );
     for &p in pos {
-        let p = p as f32 / cfg.rope_scale;
-        for &f in &inv {
-            let (s, c) = (p * f).sin_cos();
-            cos.push(c);
-            sin.push(s);
+        let mut theta = p as f32;
+        for j in 0..half {
+            let t = freq_scale * freqs.map_or(theta, |d| theta / d[j]);
+            cos.push(t.cos());
+            sin.push(t.sin());
+            theta *= step;
         }
     }
     (cos, sin)

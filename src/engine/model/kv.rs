@@ -6,11 +6,17 @@
 //! block is copied before it is written (copy-on-write). Blocks are allocated lazily and recycled
 //! through a free list, and the pool is bounded.
 //!
+//! Keys and values are stored as IEEE half floats, as llama.cpp's default `f16` cache does: half
+//! the memory and memory traffic of `f32`, and the same rounding as the reference engine.
+//!
 //! A backend that keeps keys and values elsewhere (the candle backend, on a GPU) uses the pool
 //! for block bookkeeping only, and stores its own per-block data beside it
 //! ([`KvPool::backend_store`]), addressed by the same block ids.
 
 use std::any::Any;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::engine::error::{EngineError, Result};
 
@@ -22,7 +28,7 @@ pub struct KvPool {
     n_layer: usize,
     kv_dim: usize,
     max_blocks: usize,
-    blocks: Vec<Box<[f32]>>,
+    blocks: Vec<Box<[f16]>>,
     refs: Vec<u32>,
     free: Vec<u32>,
     backend: Option<Box<dyn Any + Send + Sync>>,
@@ -102,7 +108,7 @@ impl KvPool {
             });
         }
         self.blocks
-            .push(vec![0.0; self.block_len()].into_boxed_slice());
+            .push(vec![f16::ZERO; self.block_len()].into_boxed_slice());
         self.refs.push(1);
         Ok((self.blocks.len() - 1) as u32)
     }
@@ -177,27 +183,27 @@ impl KvPool {
         ((layer * 2 + which) * BLOCK + pos % BLOCK) * self.kv_dim
     }
 
-    /// Writes the key and value of one position of one layer.
+    /// Writes the key and value of one position of one layer (rounded to the nearest half).
     pub fn write(&mut self, seq: &SeqKv, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         let id = seq.blocks[pos / BLOCK] as usize;
         let ko = self.offset(layer, 0, pos);
         let vo = self.offset(layer, 1, pos);
         let d = self.kv_dim;
         let block = &mut self.blocks[id];
-        block[ko..ko + d].copy_from_slice(k);
-        block[vo..vo + d].copy_from_slice(v);
+        block[ko..ko + d].convert_from_f32_slice(k);
+        block[vo..vo + d].convert_from_f32_slice(v);
     }
 
     /// The key row (all KV heads) of one position.
     #[inline]
-    pub fn key(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f32] {
+    pub fn key(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f16] {
         let o = self.offset(layer, 0, pos);
         &self.blocks[seq.blocks[pos / BLOCK] as usize][o..o + self.kv_dim]
     }
 
     /// The value row (all KV heads) of one position.
     #[inline]
-    pub fn value(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f32] {
+    pub fn value(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f16] {
         let o = self.offset(layer, 1, pos);
         &self.blocks[seq.blocks[pos / BLOCK] as usize][o..o + self.kv_dim]
     }
@@ -222,9 +228,10 @@ mod tests {
         pool.prepare(&mut b, 36, 37).unwrap();
         pool.write(&b, 1, 36, &[-1.0; 4], &[-1.0; 4]);
         pool.commit(&mut b, 37);
-        assert_eq!(pool.key(&a, 1, 36), &[36.0; 4]);
-        assert_eq!(pool.key(&b, 1, 36), &[-1.0; 4]);
-        assert_eq!(pool.key(&b, 1, 3), &[3.0; 4]);
+        let h = |x: f32| [f16::from_f32(x); 4];
+        assert_eq!(pool.key(&a, 1, 36), &h(36.0));
+        assert_eq!(pool.key(&b, 1, 36), &h(-1.0));
+        assert_eq!(pool.value(&b, 1, 3), &h(3.0));
         pool.release(&mut a);
         pool.release(&mut b);
         assert_eq!(pool.free_tokens(), pool.capacity_tokens());

@@ -2,6 +2,7 @@
 //! pass consumes, and [`load`], which picks the implementation from `general.architecture`
 //! ([`load_on`] also picks the device: ward's own CPU engine, or candle's CUDA or CPU backend).
 
+mod attention;
 pub mod candle_backend;
 pub mod config;
 pub mod kv;

@@ -9,15 +9,11 @@ use crate::engine::error::Result;
 use crate::engine::gguf::GgufFile;
 use crate::engine::kernels::{self, ops};
 
+use super::attention;
 use super::config::{Activation, ModelConfig, rope_cos_sin};
 use super::kv::{KvPool, SeqKv};
 use super::weights::{Linear, Weights};
 use super::{Batch, Model};
-
-/// The attention output buffer, shared by the pool's threads (each writes its own rows).
-struct OutPtr(*mut f32);
-// SAFETY: only used to hand disjoint slices of one buffer to the pool's threads.
-unsafe impl Sync for OutPtr {}
 
 /// A loaded transformer: configuration, memory-mapped weights.
 pub struct Transformer {
@@ -67,67 +63,9 @@ impl Transformer {
     fn apply_rope(&self, x: &mut [f32], heads: usize, (cos, sin): &(Vec<f32>, Vec<f32>)) {
         let (hd, half) = (self.cfg.head_dim, self.cfg.rope_dim / 2);
         for (t, row) in x.chunks_exact_mut(heads * hd).enumerate() {
-            let (cos, sin) = (
-                &cos[t * half..(t + 1) * half],
-                &sin[t * half..(t + 1) * half],
-            );
-            for h in row.chunks_exact_mut(hd) {
-                for j in 0..half {
-                    let (c, s) = (cos[j], sin[j]);
-                    let (a, b) = if self.cfg.rope_neox {
-                        (j, j + half)
-                    } else {
-                        (2 * j, 2 * j + 1)
-                    };
-                    let (x0, x1) = (h[a], h[b]);
-                    h[a] = x0 * c - x1 * s;
-                    h[b] = x0 * s + x1 * c;
-                }
-            }
+            let span = t * half..(t + 1) * half;
+            ops::rope(row, hd, &cos[span.clone()], &sin[span], self.cfg.rope_neox);
         }
-    }
-
-    /// Attention of every (token, head) pair against its sequence's cache.
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        il: usize,
-        batch: &Batch,
-        q: &[f32],
-        pool: &KvPool,
-        seqs: &[SeqKv],
-        out: &mut [f32],
-    ) {
-        let cfg = &self.cfg;
-        let hd = cfg.head_dim;
-        let group = cfg.n_head / cfg.n_kv_head;
-        let window = if cfg.is_sliding(il) {
-            cfg.sliding_window
-        } else {
-            None
-        };
-        assert_eq!(out.len(), batch.len() * cfg.n_head * hd);
-        let dst = OutPtr(out.as_mut_ptr());
-        let dst = &dst;
-        kernels::parallel_for(batch.len() * cfg.n_head, &|i| {
-            // SAFETY: item `i` writes only `out[i*hd..(i+1)*hd]`, disjoint from every other
-            // item, and `out` outlives the call.
-            let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(i * hd), hd) };
-            let (t, h) = (i / cfg.n_head, i % cfg.n_head);
-            let qh = &q[i * hd..(i + 1) * hd];
-            let seq = &seqs[batch.seq[t]];
-            let pos = batch.pos[t];
-            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let kvo = (h / group) * hd;
-            let mut scores: Vec<f32> = (lo..=pos)
-                .map(|p| ops::dot_f32(qh, &pool.key(seq, il, p)[kvo..kvo + hd]) * cfg.attn_scale)
-                .collect();
-            ops::softmax_inplace(&mut scores);
-            o.fill(0.0);
-            for (p, &s) in (lo..=pos).zip(&scores) {
-                ops::axpy(s, &pool.value(seq, il, p)[kvo..kvo + hd], o);
-            }
-        });
     }
 }
 
@@ -194,7 +132,7 @@ impl Model for Transformer {
                     &v[t * kvd..(t + 1) * kvd],
                 );
             }
-            self.attention(il, batch, &q, pool, seqs, &mut att);
+            attention::attend(cfg, il, batch, &q, pool, seqs, &mut att);
             self.linear(&lw.wo, &att, n, &mut o);
             if let Some(pn) = &lw.post_attn_norm {
                 rms_rows_inplace(&mut o, pn, cfg.rms_eps);

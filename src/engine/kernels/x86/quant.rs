@@ -1,7 +1,7 @@
 //! AVX-512 activation quantization, bit-identical to the scalar reference in `quant.rs`.
 
 use super::super::blocks::{BlockQ8K, BlockQ8s, BlockQ8x2, QK, QK_K};
-use super::super::quant::scales;
+use super::super::quant::{block_sum, half_round, scales};
 use std::arch::x86_64::*;
 
 /// Quantizes 16 floats by `id`, returning the 16 values as `i8` and their `i32` lanes.
@@ -28,7 +28,7 @@ fn amax(v: &[__m512]) -> f32 {
 /// # Safety
 /// Requires AVX-512 F/BW/VL.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8x2]) {
+pub unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8x2], min: bool) {
     assert!(x.len().is_multiple_of(QK) && out.len() == x.len().div_ceil(2 * QK));
     let flip = _mm_set1_epi8(0x80u8 as i8);
     for (xs, p) in x.chunks(2 * QK).zip(out.iter_mut()) {
@@ -55,8 +55,8 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8x2]) {
                 _mm_storeu_si128(u, _mm_xor_si128(q0, flip));
                 _mm_storeu_si128(u.add(1), _mm_xor_si128(q1, flip));
             }
-            p.d[8 * half..8 * half + 8].fill(d);
-            p.s[8 * half..8 * half + 8].fill(d * sum as f32);
+            p.d[8 * half..8 * half + 8].fill(half_round(d));
+            p.s[8 * half..8 * half + 8].fill(block_sum(d, sum, min));
         }
     }
 }
@@ -92,7 +92,7 @@ pub unsafe fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
 /// # Safety
 /// Requires AVX-512 F/BW/VL.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn quantize_q8s(x: &[f32], out: &mut [BlockQ8s]) {
+pub unsafe fn quantize_q8s(x: &[f32], out: &mut [BlockQ8s], min: bool) {
     assert_eq!(x.len(), out.len() * QK);
     for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
         // SAFETY: `xs` holds 32 floats.
@@ -111,7 +111,7 @@ pub unsafe fn quantize_q8s(x: &[f32], out: &mut [BlockQ8s]) {
             _mm_storeu_si128(b.qs.as_mut_ptr().cast(), q0);
             _mm_storeu_si128(b.qs.as_mut_ptr().add(16).cast(), q1);
         }
-        b.d = d;
-        b.s = d * sum as f32;
+        b.d = half_round(d);
+        b.s = block_sum(d, sum, min);
     }
 }

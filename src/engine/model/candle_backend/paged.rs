@@ -86,7 +86,7 @@ impl DeviceKv {
         }
         let slots = need.max((self.slots * 2).min(cap));
         let grow = |old: Option<&Tensor>| -> CResult<Tensor> {
-            let t = Tensor::zeros((slots, cfg.kv_dim()), DType::F32, dev)?;
+            let t = Tensor::zeros((slots, cfg.kv_dim()), DType::F16, dev)?;
             if let Some(old) = old {
                 t.slice_set(old, 0, 0)?;
             }
@@ -122,8 +122,10 @@ impl DeviceKv {
 
     /// Stores layer `il`'s keys and values (`[n, kv_dim]`) of the batch's tokens.
     pub(super) fn write(&self, il: usize, plan: &Plan, k: &Tensor, v: &Tensor) -> CResult<()> {
-        self.k[il].scatter_set(&plan.write, &k.contiguous()?, 0)?;
-        self.v[il].scatter_set(&plan.write, &v.contiguous()?, 0)
+        // Half-precision storage, as the CPU engine's pool (and llama.cpp's default cache).
+        let half = |t: &Tensor| t.to_dtype(DType::F16)?.contiguous();
+        self.k[il].scatter_set(&plan.write, &half(k)?, 0)?;
+        self.v[il].scatter_set(&plan.write, &half(v)?, 0)
     }
 }
 
@@ -243,8 +245,9 @@ pub(super) fn attention(
         };
         // Query heads `g * group .. (g + 1) * group` share KV head `g`.
         let qs = heads(&qs, p.n, c.n_head)?.reshape((nkv, group * p.n, hd))?;
-        let ks = heads(&kv.k[il].index_select(&p.slots, 0)?, len, nkv)?;
-        let vs = heads(&kv.v[il].index_select(&p.slots, 0)?, len, nkv)?;
+        let read = |t: &Tensor| t.index_select(&p.slots, 0)?.to_dtype(DType::F32);
+        let ks = heads(&read(&kv.k[il])?, len, nkv)?;
+        let vs = heads(&read(&kv.v[il])?, len, nkv)?;
         let mask = match (&p.mask_local, c.is_sliding(il)) {
             (Some(m), true) => m,
             _ => &p.mask,
