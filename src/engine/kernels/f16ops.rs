@@ -1,7 +1,9 @@
-//! Helpers for attention over the `f16` KV cache: dot products and axpy with half-float rows.
+//! Attention kernels over the `f16` KV cache. Rows of keys or values come as a slab of
+//! consecutive positions, `stride` halves apart; a group of query heads that share one KV head
+//! is served in one pass, so that every cached row is read and converted once per group.
 //!
-//! Each has an AVX-512 path (16 lanes, hardware conversions) for the widths that are a multiple
-//! of 16, which every supported head size is, and a portable loop for the rest.
+//! Each has an AVX-512 path (16 lanes, hardware conversions) for head sizes that are a multiple
+//! of 16, which every supported model's are, and a portable loop for the rest.
 
 use half::f16;
 
@@ -11,39 +13,77 @@ use super::isa::{self, Isa};
 use super::x86::f16ops as simd;
 
 #[inline]
-fn wide(n: usize) -> bool {
+fn wide(hd: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        n.is_multiple_of(16) && isa::get() >= Isa::Avx512
+        hd.is_multiple_of(16) && hd <= simd::MAX_HD && isa::get() >= Isa::Avx512
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = n;
+        let _ = hd;
         false
     }
 }
 
-/// `Σ k[i] q[i]` in `f32`.
-pub fn dot(k: &[f16], q: &[f32]) -> f32 {
-    assert_eq!(k.len(), q.len(), "f16ops::dot: lengths");
+/// For each of `n` positions `p` and each of the `q.len() / hd` heads `g`:
+/// `scores[g * n + p] = scale · Σ_i rows[p * stride + i] q[g * hd + i]`.
+pub fn scores(
+    rows: &[f16],
+    stride: usize,
+    n: usize,
+    q: &[f32],
+    hd: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let g = q.len() / hd;
+    assert!(
+        n == 0 || rows.len() >= (n - 1) * stride + hd,
+        "f16ops::scores: rows"
+    );
+    assert!(
+        q.len() == g * hd && scores.len() == g * n,
+        "f16ops::scores: lengths"
+    );
     #[cfg(target_arch = "x86_64")]
-    if wide(k.len()) {
-        // SAFETY: AVX-512 F detected; lengths equal and a multiple of 16.
-        return unsafe { simd::dot(k, q) };
+    if wide(hd) {
+        // SAFETY: AVX-512 F detected; lengths checked above; `hd` a multiple of 16.
+        return unsafe { simd::scores(rows, stride, n, q, hd, scale, scores) };
     }
-    k.iter().zip(q).map(|(k, q)| k.to_f32() * q).sum()
+    for p in 0..n {
+        let k = &rows[p * stride..p * stride + hd];
+        for h in 0..g {
+            let qh = &q[h * hd..(h + 1) * hd];
+            let s: f32 = k.iter().zip(qh).map(|(k, q)| k.to_f32() * q).sum();
+            scores[h * n + p] = s * scale;
+        }
+    }
 }
 
-/// `y += a · x` in `f32`.
-pub fn axpy(a: f32, x: &[f16], y: &mut [f32]) {
-    assert_eq!(x.len(), y.len(), "f16ops::axpy: lengths");
+/// For each head `g`: `acc[g * hd + i] += Σ_p w[g * n + p] · rows[p * stride + i]`.
+pub fn accumulate(rows: &[f16], stride: usize, n: usize, w: &[f32], hd: usize, acc: &mut [f32]) {
+    let g = acc.len() / hd;
+    assert!(
+        n == 0 || rows.len() >= (n - 1) * stride + hd,
+        "f16ops::accumulate: rows"
+    );
+    assert!(
+        acc.len() == g * hd && w.len() == g * n,
+        "f16ops::accumulate: lengths"
+    );
     #[cfg(target_arch = "x86_64")]
-    if wide(x.len()) {
-        // SAFETY: as in `dot`.
-        return unsafe { simd::axpy(a, x, y) };
+    if wide(hd) {
+        // SAFETY: as in `scores`.
+        return unsafe { simd::accumulate(rows, stride, n, w, hd, acc) };
     }
-    for (y, x) in y.iter_mut().zip(x) {
-        *y = x.to_f32().mul_add(a, *y);
+    for p in 0..n {
+        let v = &rows[p * stride..p * stride + hd];
+        for h in 0..g {
+            let a = w[h * n + p];
+            for (o, v) in acc[h * hd..(h + 1) * hd].iter_mut().zip(v) {
+                *o = v.to_f32().mul_add(a, *o);
+            }
+        }
     }
 }
 
@@ -57,24 +97,51 @@ mod tests {
             .collect()
     }
 
-    fn halves(x: &[f32]) -> Vec<f16> {
-        x.iter().map(|&v| f16::from_f32(v)).collect()
-    }
-
     #[test]
-    fn simd_matches_portable() {
-        for n in [16, 64, 128, 256, 40] {
-            let (k, q) = (halves(&data(n, 1)), data(n, 2));
-            let want: f64 = k.iter().zip(&q).map(|(k, q)| k.to_f64() * *q as f64).sum();
-            assert!((dot(&k, &q) as f64 - want).abs() < 1e-3 * want.abs().max(1.0));
-
-            let mut a = data(n, 3);
-            let mut b = a.clone();
-            axpy(0.37, &k, &mut a);
-            for (b, k) in b.iter_mut().zip(&k) {
-                *b = k.to_f32().mul_add(0.37, *b);
+    fn kernels_match_reference() {
+        for (hd, g, n, stride) in [
+            (64, 3, 37, 192),
+            (128, 7, 5, 256),
+            (16, 1, 1, 16),
+            (40, 2, 9, 80),
+        ] {
+            let rows: Vec<f16> = data((n - 1) * stride + hd, 1)
+                .iter()
+                .map(|&v| f16::from_f32(v))
+                .collect();
+            let q = data(g * hd, 2);
+            let mut s = vec![0f32; g * n];
+            scores(&rows, stride, n, &q, hd, 0.125, &mut s);
+            for h in 0..g {
+                for p in 0..n {
+                    let want: f64 = (0..hd)
+                        .map(|i| rows[p * stride + i].to_f64() * q[h * hd + i] as f64)
+                        .sum::<f64>()
+                        * 0.125;
+                    let got = s[h * n + p] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-4 * want.abs().max(1.0),
+                        "{hd} {h} {p}: {got} vs {want}"
+                    );
+                }
             }
-            assert_eq!(a, b);
+            let w = data(g * n, 3);
+            let mut acc = data(g * hd, 4);
+            let start = acc.clone();
+            accumulate(&rows, stride, n, &w, hd, &mut acc);
+            for h in 0..g {
+                for i in 0..hd {
+                    let want = start[h * hd + i] as f64
+                        + (0..n)
+                            .map(|p| w[h * n + p] as f64 * rows[p * stride + i].to_f64())
+                            .sum::<f64>();
+                    let got = acc[h * hd + i] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-3 * want.abs().max(1.0),
+                        "{hd} {h} {i}: {got} vs {want}"
+                    );
+                }
+            }
         }
     }
 }

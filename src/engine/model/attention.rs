@@ -10,7 +10,8 @@ use crate::engine::kernels::{self, f16ops as h, ops};
 
 use super::Batch;
 use super::config::ModelConfig;
-use super::kv::{KvPool, SeqKv};
+use super::kv::{BLOCK, KvPool, SeqKv};
+use half::f16;
 
 /// The attention output buffer, shared by the pool's threads (each writes its own rows).
 struct OutPtr(*mut f32);
@@ -38,53 +39,85 @@ pub fn attend(
     assert_eq!(out.len(), batch.len() * cfg.n_head * hd);
     let dst = OutPtr(out.as_mut_ptr());
     let dst = &dst;
-    kernels::parallel_for(batch.len() * cfg.n_head, &|i| {
-        // SAFETY: item `i` writes only `out[i*hd..(i+1)*hd]`, disjoint from every other
-        // item, and `out` outlives the call.
-        let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(i * hd), hd) };
-        let (t, head) = (i / cfg.n_head, i % cfg.n_head);
-        let seq = &seqs[batch.seq[t]];
+    // One item per (token, KV head) serves its whole group of query heads; when that leaves
+    // fewer items than threads (one decoding sequence), one item per query head instead.
+    let per_item = if batch.len() * cfg.n_kv_head >= 2 * kernels::threads() {
+        group
+    } else {
+        1
+    };
+    let items_per_token = cfg.n_head / per_item;
+    kernels::parallel_for(batch.len() * items_per_token, &|i| {
+        let (t, first) = (i / items_per_token, (i % items_per_token) * per_item);
+        let w = per_item * hd;
+        let row0 = t * cfg.n_head * hd + first * hd;
+        // SAFETY: item `i` writes only `out[row0..row0 + w]`, disjoint from every other item,
+        // and `out` outlives the call.
+        let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(row0), w) };
         let pos = batch.pos[t];
         let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let kvo = (head / group) * hd;
-        let row = Row {
+        let part = Part {
             pool,
-            seq,
+            seq: &seqs[batch.seq[t]],
             il,
-            kv: kvo..kvo + hd,
+            kvo: (first / group) * hd,
+            hd,
             span: lo..pos + 1,
             scale: cfg.attn_scale,
         };
-        row.attend(&q[i * hd..(i + 1) * hd], o);
+        part.attend(&q[row0..row0 + w], o);
     });
 }
 
-/// One query head's view of its sequence's cache.
-struct Row<'a> {
+/// Query heads sharing one KV head, against one sequence's cache.
+struct Part<'a> {
     pool: &'a KvPool,
     seq: &'a SeqKv,
     il: usize,
-    kv: std::ops::Range<usize>,
+    /// Offset of the KV head in a cached row.
+    kvo: usize,
+    hd: usize,
     span: std::ops::Range<usize>,
     scale: f32,
 }
 
-impl Row<'_> {
-    /// Scores, softmax, then the weighted sum of values, all in `f32`.
-    fn attend(&self, q: &[f32], o: &mut [f32]) {
-        let mut scores: Vec<f32> = self
-            .span
-            .clone()
-            .map(|p| h::dot(&self.pool.key(self.seq, self.il, p)[self.kv.clone()], q) * self.scale)
-            .collect();
-        ops::softmax_inplace(&mut scores);
-        o.fill(0.0);
-        for (p, &w) in self.span.clone().zip(&scores) {
-            h::axpy(
-                w,
-                &self.pool.value(self.seq, self.il, p)[self.kv.clone()],
-                o,
+impl Part<'_> {
+    /// Visits the span block by block: `f(first position, rows from there, count)`.
+    fn runs(&self, which: usize, mut f: impl FnMut(usize, &[f16], usize)) {
+        let mut p = self.span.start;
+        while p < self.span.end {
+            let n = (BLOCK - p % BLOCK).min(self.span.end - p);
+            f(
+                p,
+                &self.pool.rows_from(self.seq, self.il, which, p)[self.kvo..],
+                n,
             );
+            p += n;
         }
+    }
+
+    /// Scores, softmax, then the weighted sum of values, all in `f32`; `q` and `o` hold the
+    /// group's heads one after another.
+    fn attend(&self, q: &[f32], o: &mut [f32]) {
+        let (g, n, lo) = (q.len() / self.hd, self.span.len(), self.span.start);
+        let stride = self.pool.kv_dim();
+        let mut w = vec![0f32; g * n];
+        let mut tmp = vec![0f32; g * BLOCK];
+        self.runs(0, |p, rows, m| {
+            h::scores(rows, stride, m, q, self.hd, self.scale, &mut tmp[..g * m]);
+            for h in 0..g {
+                w[h * n + p - lo..h * n + p - lo + m].copy_from_slice(&tmp[h * m..(h + 1) * m]);
+            }
+        });
+        for row in w.chunks_exact_mut(n) {
+            ops::softmax_inplace(row);
+        }
+        o.fill(0.0);
+        self.runs(1, |p, rows, m| {
+            for h in 0..g {
+                tmp[h * m..(h + 1) * m].copy_from_slice(&w[h * n + p - lo..h * n + p - lo + m]);
+            }
+            h::accumulate(rows, stride, m, &tmp[..g * m], self.hd, o);
+        });
     }
 }

@@ -79,6 +79,11 @@ impl KvPool {
         &mut self.backend
     }
 
+    /// Width of one cached key (or value) row: every KV head of one position.
+    pub fn kv_dim(&self) -> usize {
+        self.kv_dim
+    }
+
     /// Total capacity in positions.
     pub fn capacity_tokens(&self) -> usize {
         self.max_blocks * BLOCK
@@ -199,6 +204,15 @@ impl KvPool {
     pub fn key(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f16] {
         let o = self.offset(layer, 0, pos);
         &self.blocks[seq.blocks[pos / BLOCK] as usize][o..o + self.kv_dim]
+    }
+
+    /// Key (`which = 0`) or value (`1`) rows of layer `layer` from position `pos` to the end of
+    /// its block, `kv_dim` halves apart: consecutive positions are contiguous within a block.
+    #[inline]
+    pub fn rows_from(&self, seq: &SeqKv, layer: usize, which: usize, pos: usize) -> &[f16] {
+        let o = self.offset(layer, which, pos);
+        let end = self.offset(layer, which, 0) + BLOCK * self.kv_dim;
+        &self.blocks[seq.blocks[pos / BLOCK] as usize][o..end]
     }
 
     /// The value row (all KV heads) of one position.
