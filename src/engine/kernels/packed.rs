@@ -23,6 +23,10 @@ use super::{GgmlDType, Line, QMatrix, SyncPtr, has_min, pool, with_activations};
 /// Rows per tile.
 pub const R: usize = 16;
 
+/// Source bytes packed between two calls of the `done` callback of
+/// [`PackedMatrix::new_releasing`].
+pub const RELEASE_BYTES: usize = 4 << 20;
+
 /// A weight matrix repacked for the 16-row kernels; see the module docs.
 pub struct PackedMatrix {
     pub dtype: GgmlDType,
@@ -180,33 +184,57 @@ pub fn value(lay: &Layout, col: &[u8], r: usize, k: usize) -> u8 {
 impl PackedMatrix {
     /// Repacks `w`, or `None` for formats without a packed kernel.
     pub fn new(w: &QMatrix) -> Option<PackedMatrix> {
+        Self::new_releasing(w, |_| {})
+    }
+
+    /// [`Self::new`], calling `done(bytes)` with each range of `w.data` once it is packed, in
+    /// slices of about [`RELEASE_BYTES`]: the caller can drop those source pages as it goes,
+    /// so that packing a large matrix never holds both copies whole.
+    pub fn new_releasing(
+        w: &QMatrix,
+        done: impl FnMut(std::ops::Range<usize>),
+    ) -> Option<PackedMatrix> {
         if isa::get() < Isa::Avx512 {
             // Only the AVX-512 VNNI kernel makes the packed layout pay; elsewhere the row
             // kernels are faster.
             return None;
         }
-        Self::pack(w)
+        Self::pack_releasing(w, done)
     }
 
     /// Repacks `w` whatever the CPU (the portable tile kernel is slow: see [`Self::new`]).
+    #[cfg(test)]
     pub(crate) fn pack(w: &QMatrix) -> Option<PackedMatrix> {
+        Self::pack_releasing(w, |_| {})
+    }
+
+    fn pack_releasing(
+        w: &QMatrix,
+        mut done: impl FnMut(std::ops::Range<usize>),
+    ) -> Option<PackedMatrix> {
         let lay = Layout::of(w.dtype)?;
         let nb = w.cols / lay.block;
         let tiles = w.rows.div_ceil(R);
         let tile_bytes = nb * lay.bytes;
         let mut data = vec![Line([0; 64]); (tiles * tile_bytes).div_ceil(64)];
         let ptr = SyncPtr(data.as_mut_ptr().cast::<u8>());
-        let chunks = pool::Chunks::new(tiles);
-        pool::run(&|_| {
-            while let Some(t) = chunks.claim() {
-                // SAFETY: each tile index is claimed once, so the slices are disjoint, and tile
-                // `t` lies inside the `tiles * tile_bytes` bytes allocated above.
-                let tile = unsafe {
-                    std::slice::from_raw_parts_mut(ptr.get().add(t * tile_bytes), tile_bytes)
-                };
-                pack_tile(w, &lay, t, tile);
-            }
-        });
+        let step = (RELEASE_BYTES / (R * w.row_bytes())).max(1);
+        for first in (0..tiles).step_by(step) {
+            let end = (first + step).min(tiles);
+            let chunks = pool::Chunks::new(end - first);
+            pool::run(&|_| {
+                while let Some(i) = chunks.claim() {
+                    let t = first + i;
+                    // SAFETY: each tile index is claimed once, so the slices are disjoint, and
+                    // tile `t` lies inside the `tiles * tile_bytes` bytes allocated above.
+                    let tile = unsafe {
+                        std::slice::from_raw_parts_mut(ptr.get().add(t * tile_bytes), tile_bytes)
+                    };
+                    pack_tile(w, &lay, t, tile);
+                }
+            });
+            done(first * R * w.row_bytes()..(end * R).min(w.rows) * w.row_bytes());
+        }
         Some(PackedMatrix {
             dtype: w.dtype,
             rows: w.rows,

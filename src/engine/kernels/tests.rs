@@ -386,3 +386,28 @@ fn thread_counts_agree() {
         assert_eq!(one, again);
     }
 }
+
+#[test]
+fn packing_releases_the_source_in_order_and_packs_the_same() {
+    // A matrix several release slices long: the callback sees consecutive ranges covering the
+    // whole source, and the result equals packing in one go.
+    let mut rng = StdRng::seed_from_u64(9);
+    let (rows, cols) = (4096, 1024);
+    let (bytes, _) = via_candle::<ck::BlockQ8_0>(&mut rng, rows, cols);
+    let w = QMatrix::new(GgmlDType::Q8_0, rows, cols, &bytes).unwrap();
+    let mut seen = Vec::new();
+    let Some(p) = PackedMatrix::new_releasing(&w, |r| seen.push(r)) else {
+        return; // no AVX-512 VNNI: nothing is packed
+    };
+    assert!(seen.len() > 1, "{seen:?}");
+    assert_eq!(seen[0].start, 0);
+    assert_eq!(seen.last().unwrap().end, bytes.len());
+    assert!(seen.windows(2).all(|w| w[0].end == w[1].start));
+    let q = PackedMatrix::pack(&w).unwrap();
+    let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
+    for r in [0, 1, 1000, rows - 1] {
+        p.dequantize_row(r, &mut a);
+        q.dequantize_row(r, &mut b);
+        assert_eq!(a, b, "row {r}");
+    }
+}

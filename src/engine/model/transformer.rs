@@ -38,12 +38,12 @@ impl Transformer {
         out.resize(n * l.rows, 0.0);
         let packed = if self.pack {
             l.packed.get_or_init(|| {
-                let p = kernels::PackedMatrix::new(&l.matrix(&self.file));
-                if p.is_some() {
-                    // The packed copy replaces these pages; let the kernel drop them.
-                    self.file.release(l.range.clone());
-                }
-                p
+                // The packed copy replaces the mapped pages: let the kernel drop them as each
+                // slice is packed, so the two copies never coexist whole.
+                let base = l.range.start;
+                kernels::PackedMatrix::new_releasing(&l.matrix(&self.file), |r| {
+                    self.file.release(base + r.start..base + r.end)
+                })
             })
         } else {
             &None
@@ -89,11 +89,16 @@ impl Model for Transformer {
             }
         }
 
-        // Embeddings, dequantized row by row at lookup.
+        // Embeddings, dequantized row by row at lookup: from the packed copy once a tied output
+        // projection has made one (its mapped pages are gone), else from the file.
         let embed = self.w.embed.matrix(&self.file);
+        let packed = self.w.embed.packed.get().and_then(Option::as_ref);
         let mut x = vec![0.0f32; n * d];
         for (t, row) in x.chunks_exact_mut(d).enumerate() {
-            embed.dequantize_row(batch.tokens[t] as usize, row);
+            match packed {
+                Some(p) => p.dequantize_row(batch.tokens[t] as usize, row),
+                None => embed.dequantize_row(batch.tokens[t] as usize, row),
+            }
             if let Some(s) = cfg.embed_scale {
                 row.iter_mut().for_each(|v| *v *= s);
             }
