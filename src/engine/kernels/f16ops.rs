@@ -1,9 +1,12 @@
-//! Attention kernels over the `f16` KV cache. Rows of keys or values come as a slab of
-//! consecutive positions, `stride` halves apart; a group of query heads that share one KV head
-//! is served in one pass, so that every cached row is read and converted once per group.
+//! Attention kernels over the `f16` KV cache, for a group of query heads that share one KV
+//! head, so that every cached row is read and converted once per group:
+//! - [`scores`] reads keys transposed (`[hd][stride]`: one dimension of consecutive positions
+//!   is contiguous), so one vector holds 16 positions' partial scores and no horizontal sums
+//!   are needed;
+//! - [`accumulate`] reads values row by row (`stride` halves apart) into the heads' outputs.
 //!
-//! Each has an AVX-512 path (16 lanes, hardware conversions) for head sizes that are a multiple
-//! of 16, which every supported model's are, and a portable loop for the rest.
+//! Each has an AVX-512 path (hardware conversions, accumulators in registers) for head sizes
+//! that are a multiple of 16 up to 256, which every supported model's are, and a portable loop.
 
 use half::f16;
 
@@ -25,37 +28,37 @@ fn wide(hd: usize) -> bool {
     }
 }
 
-/// For each of `n` positions `p` and each of the `q.len() / hd` heads `g`:
-/// `scores[g * n + p] = scale · Σ_i rows[p * stride + i] q[g * hd + i]`.
+/// For positions `p` in `0..n` and heads `g`:
+/// `out[g * n + p] = scale · Σ_i kt[i * stride + p] q[g * hd + i]`.
 pub fn scores(
-    rows: &[f16],
+    kt: &[f16],
     stride: usize,
     n: usize,
     q: &[f32],
     hd: usize,
     scale: f32,
-    scores: &mut [f32],
+    out: &mut [f32],
 ) {
     let g = q.len() / hd;
     assert!(
-        n == 0 || rows.len() >= (n - 1) * stride + hd,
-        "f16ops::scores: rows"
+        n <= stride && kt.len() >= (hd - 1) * stride + n,
+        "f16ops::scores: keys"
     );
     assert!(
-        q.len() == g * hd && scores.len() == g * n,
+        q.len() == g * hd && out.len() == g * n,
         "f16ops::scores: lengths"
     );
     #[cfg(target_arch = "x86_64")]
     if wide(hd) {
-        // SAFETY: AVX-512 F detected; lengths checked above; `hd` a multiple of 16.
-        return unsafe { simd::scores(rows, stride, n, q, hd, scale, scores) };
+        // SAFETY: AVX-512 F/BW/VL detected; lengths checked above; `hd` a multiple of 16.
+        return unsafe { simd::scores(kt, stride, n, q, hd, scale, out) };
     }
-    for p in 0..n {
-        let k = &rows[p * stride..p * stride + hd];
-        for h in 0..g {
-            let qh = &q[h * hd..(h + 1) * hd];
-            let s: f32 = k.iter().zip(qh).map(|(k, q)| k.to_f32() * q).sum();
-            scores[h * n + p] = s * scale;
+    for h in 0..g {
+        for p in 0..n {
+            let s: f32 = (0..hd)
+                .map(|i| kt[i * stride + p].to_f32() * q[h * hd + i])
+                .sum();
+            out[h * n + p] = s * scale;
         }
     }
 }
@@ -97,48 +100,54 @@ mod tests {
             .collect()
     }
 
+    fn halves(x: &[f32]) -> Vec<f16> {
+        x.iter().map(|&v| f16::from_f32(v)).collect()
+    }
+
     #[test]
     fn kernels_match_reference() {
+        // (head size, heads, positions, stride): full and partial 16-lane groups, GQA groups
+        // wider than the register budget, odd head sizes on the portable path.
         for (hd, g, n, stride) in [
-            (64, 3, 37, 192),
-            (128, 7, 5, 256),
-            (16, 1, 1, 16),
-            (40, 2, 9, 80),
+            (64, 3, 32, 32),
+            (64, 7, 19, 32),
+            (128, 5, 5, 32),
+            (256, 2, 17, 32),
+            (16, 1, 1, 32),
+            (40, 2, 9, 32),
         ] {
-            let rows: Vec<f16> = data((n - 1) * stride + hd, 1)
-                .iter()
-                .map(|&v| f16::from_f32(v))
-                .collect();
+            let kt = halves(&data(hd * stride, 1));
             let q = data(g * hd, 2);
             let mut s = vec![0f32; g * n];
-            scores(&rows, stride, n, &q, hd, 0.125, &mut s);
+            scores(&kt, stride, n, &q, hd, 0.125, &mut s);
             for h in 0..g {
                 for p in 0..n {
                     let want: f64 = (0..hd)
-                        .map(|i| rows[p * stride + i].to_f64() * q[h * hd + i] as f64)
+                        .map(|i| kt[i * stride + p].to_f64() * q[h * hd + i] as f64)
                         .sum::<f64>()
                         * 0.125;
                     let got = s[h * n + p] as f64;
                     assert!(
                         (got - want).abs() < 1e-4 * want.abs().max(1.0),
-                        "{hd} {h} {p}: {got} vs {want}"
+                        "scores {hd} {h} {p}: {got} vs {want}"
                     );
                 }
             }
+            let rows = halves(&data((n - 1) * (g * hd) + hd, 5));
             let w = data(g * n, 3);
             let mut acc = data(g * hd, 4);
             let start = acc.clone();
-            accumulate(&rows, stride, n, &w, hd, &mut acc);
+            accumulate(&rows, g * hd, n, &w, hd, &mut acc);
             for h in 0..g {
                 for i in 0..hd {
                     let want = start[h * hd + i] as f64
                         + (0..n)
-                            .map(|p| w[h * n + p] as f64 * rows[p * stride + i].to_f64())
+                            .map(|p| w[h * n + p] as f64 * rows[p * g * hd + i].to_f64())
                             .sum::<f64>();
                     let got = acc[h * hd + i] as f64;
                     assert!(
                         (got - want).abs() < 1e-3 * want.abs().max(1.0),
-                        "{hd} {h} {i}: {got} vs {want}"
+                        "accumulate {hd} {h} {i}: {got} vs {want}"
                     );
                 }
             }

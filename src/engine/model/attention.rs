@@ -11,7 +11,6 @@ use crate::engine::kernels::{self, f16ops as h, ops};
 use super::Batch;
 use super::config::ModelConfig;
 use super::kv::{BLOCK, KvPool, SeqKv};
-use half::f16;
 
 /// The attention output buffer, shared by the pool's threads (each writes its own rows).
 struct OutPtr(*mut f32);
@@ -82,16 +81,12 @@ struct Part<'a> {
 }
 
 impl Part<'_> {
-    /// Visits the span block by block: `f(first position, rows from there, count)`.
-    fn runs(&self, which: usize, mut f: impl FnMut(usize, &[f16], usize)) {
+    /// Visits the span block by block: `f(block, first position in it, count)`.
+    fn runs(&self, mut f: impl FnMut(usize, usize, usize)) {
         let mut p = self.span.start;
         while p < self.span.end {
             let n = (BLOCK - p % BLOCK).min(self.span.end - p);
-            f(
-                p,
-                &self.pool.rows_from(self.seq, self.il, which, p)[self.kvo..],
-                n,
-            );
+            f(p / BLOCK, p % BLOCK, n);
             p += n;
         }
     }
@@ -103,20 +98,25 @@ impl Part<'_> {
         let stride = self.pool.kv_dim();
         let mut w = vec![0f32; g * n];
         let mut tmp = vec![0f32; g * BLOCK];
-        self.runs(0, |p, rows, m| {
-            h::scores(rows, stride, m, q, self.hd, self.scale, &mut tmp[..g * m]);
+        self.runs(|b, p0, m| {
+            // This KV head's transposed keys: `[hd][BLOCK]`, from position `p0` of the block.
+            let kt = &self.pool.keys_t(self.seq, self.il, b)[self.kvo * BLOCK + p0..];
+            h::scores(kt, BLOCK, m, q, self.hd, self.scale, &mut tmp[..g * m]);
+            let at = b * BLOCK + p0 - lo;
             for h in 0..g {
-                w[h * n + p - lo..h * n + p - lo + m].copy_from_slice(&tmp[h * m..(h + 1) * m]);
+                w[h * n + at..h * n + at + m].copy_from_slice(&tmp[h * m..(h + 1) * m]);
             }
         });
         for row in w.chunks_exact_mut(n) {
             ops::softmax_inplace(row);
         }
         o.fill(0.0);
-        self.runs(1, |p, rows, m| {
+        self.runs(|b, p0, m| {
+            let at = b * BLOCK + p0 - lo;
             for h in 0..g {
-                tmp[h * m..(h + 1) * m].copy_from_slice(&w[h * n + p - lo..h * n + p - lo + m]);
+                tmp[h * m..(h + 1) * m].copy_from_slice(&w[h * n + at..h * n + at + m]);
             }
+            let rows = &self.pool.values_from(self.seq, self.il, b * BLOCK + p0)[self.kvo..];
             h::accumulate(rows, stride, m, &tmp[..g * m], self.hd, o);
         });
     }

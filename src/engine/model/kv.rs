@@ -183,43 +183,57 @@ impl KvPool {
         SeqKv { blocks, len }
     }
 
+    /// Start of layer `layer`'s keys (`which = 0`) or values (`1`) in a block.
     #[inline]
-    fn offset(&self, layer: usize, which: usize, pos: usize) -> usize {
-        ((layer * 2 + which) * BLOCK + pos % BLOCK) * self.kv_dim
+    fn base(&self, layer: usize, which: usize) -> usize {
+        (layer * 2 + which) * BLOCK * self.kv_dim
     }
 
     /// Writes the key and value of one position of one layer (rounded to the nearest half).
+    /// Keys are stored transposed within the block (`[kv_dim][BLOCK]`), so that attention
+    /// reads one dimension of 16 positions as one vector; values row by row (`[BLOCK][kv_dim]`).
     pub fn write(&mut self, seq: &SeqKv, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         let id = seq.blocks[pos / BLOCK] as usize;
-        let ko = self.offset(layer, 0, pos);
-        let vo = self.offset(layer, 1, pos);
+        let (kb, vo) = (
+            self.base(layer, 0),
+            self.base(layer, 1) + pos % BLOCK * self.kv_dim,
+        );
         let d = self.kv_dim;
         let block = &mut self.blocks[id];
-        block[ko..ko + d].convert_from_f32_slice(k);
+        for (c, &x) in k.iter().enumerate() {
+            block[kb + c * BLOCK + pos % BLOCK] = f16::from_f32(x);
+        }
         block[vo..vo + d].convert_from_f32_slice(v);
     }
 
-    /// The key row (all KV heads) of one position.
-    #[inline]
-    pub fn key(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f16] {
-        let o = self.offset(layer, 0, pos);
-        &self.blocks[seq.blocks[pos / BLOCK] as usize][o..o + self.kv_dim]
+    /// The key row (all KV heads) of one position, gathered from the transposed block.
+    pub fn key(&self, seq: &SeqKv, layer: usize, pos: usize) -> Vec<f16> {
+        let t = self.keys_t(seq, layer, pos / BLOCK);
+        (0..self.kv_dim)
+            .map(|c| t[c * BLOCK + pos % BLOCK])
+            .collect()
     }
 
-    /// Key (`which = 0`) or value (`1`) rows of layer `layer` from position `pos` to the end of
-    /// its block, `kv_dim` halves apart: consecutive positions are contiguous within a block.
+    /// Layer `layer`'s keys of block `b` of `seq`, transposed: `[kv_dim][BLOCK]`.
     #[inline]
-    pub fn rows_from(&self, seq: &SeqKv, layer: usize, which: usize, pos: usize) -> &[f16] {
-        let o = self.offset(layer, which, pos);
-        let end = self.offset(layer, which, 0) + BLOCK * self.kv_dim;
-        &self.blocks[seq.blocks[pos / BLOCK] as usize][o..end]
+    pub fn keys_t(&self, seq: &SeqKv, layer: usize, b: usize) -> &[f16] {
+        let o = self.base(layer, 0);
+        &self.blocks[seq.blocks[b] as usize][o..o + BLOCK * self.kv_dim]
+    }
+
+    /// Value rows of layer `layer` from position `pos` to the end of its block, `kv_dim` halves
+    /// apart.
+    #[inline]
+    pub fn values_from(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f16] {
+        let o = self.base(layer, 1);
+        &self.blocks[seq.blocks[pos / BLOCK] as usize]
+            [o + pos % BLOCK * self.kv_dim..o + BLOCK * self.kv_dim]
     }
 
     /// The value row (all KV heads) of one position.
     #[inline]
     pub fn value(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f16] {
-        let o = self.offset(layer, 1, pos);
-        &self.blocks[seq.blocks[pos / BLOCK] as usize][o..o + self.kv_dim]
+        &self.values_from(seq, layer, pos)[..self.kv_dim]
     }
 }
 
@@ -243,8 +257,8 @@ mod tests {
         pool.write(&b, 1, 36, &[-1.0; 4], &[-1.0; 4]);
         pool.commit(&mut b, 37);
         let h = |x: f32| [f16::from_f32(x); 4];
-        assert_eq!(pool.key(&a, 1, 36), &h(36.0));
-        assert_eq!(pool.key(&b, 1, 36), &h(-1.0));
+        assert_eq!(pool.key(&a, 1, 36), h(36.0));
+        assert_eq!(pool.key(&b, 1, 36), h(-1.0));
         assert_eq!(pool.value(&b, 1, 3), &h(3.0));
         pool.release(&mut a);
         pool.release(&mut b);

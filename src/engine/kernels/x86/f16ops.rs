@@ -1,26 +1,63 @@
-//! AVX-512 versions of the attention kernels in `kernels/f16ops.rs`: each cached row is
-//! converted to `f32` once into registers and used for every head of the group.
+//! AVX-512 versions of the attention kernels in `kernels/f16ops.rs`.
 
 use half::f16;
 use std::arch::x86_64::*;
 
-/// Largest head size the register-resident row supports (16 `zmm`).
+/// Largest head size these kernels take.
 pub const MAX_HD: usize = 256;
 
-/// Loads `hd / 16` vectors of a half-float row.
-#[inline(always)]
-unsafe fn load_row(p: *const f16, hd: usize, out: &mut [__m512; MAX_HD / 16]) {
-    for (v, o) in out.iter_mut().enumerate().take(hd / 16) {
-        // SAFETY: the caller guarantees `hd` halves at `p`.
-        *o = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.add(16 * v).cast())) };
+/// Loads 16 halves from `p` (only the first `n`, the rest zero) as `f32`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn load16(p: *const f16, n: usize) -> __m512 {
+    // SAFETY: the caller guarantees `n` halves at `p`.
+    unsafe {
+        if n >= 16 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        } else {
+            let m = ((1u32 << n) - 1) as u16;
+            _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.cast()))
+        }
+    }
+}
+
+/// `H` heads of 16 positions from `p0` (`lanes` of them valid), accumulators in registers.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn scores_pass<const H: usize>(
+    kt: &[f16],
+    stride: usize,
+    (p0, lanes): (usize, usize),
+    q: &[f32],
+    hd: usize,
+    h0: usize,
+    scale: __m512,
+    (out, n): (&mut [f32], usize),
+) {
+    let mut acc = [_mm512_setzero_ps(); H];
+    for i in 0..hd {
+        // SAFETY: `i * stride + p0 + lanes <= kt.len()` (checked by the caller).
+        let k = unsafe { load16(kt.as_ptr().add(i * stride + p0), lanes) };
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_fmadd_ps(k, _mm512_set1_ps(q[(h0 + j) * hd + i]), *a);
+        }
+    }
+    let m = ((1u32 << lanes) - 1) as u16;
+    for (j, &a) in acc.iter().enumerate() {
+        // SAFETY: `lanes` floats from `(h0 + j) * n + p0` lie inside `out`.
+        unsafe {
+            let o = out.as_mut_ptr().add((h0 + j) * n + p0);
+            _mm512_mask_storeu_ps(o, m, _mm512_mul_ps(a, scale));
+        }
     }
 }
 
 /// # Safety
-/// AVX-512 F; the lengths `f16ops::scores` checks; `hd` a multiple of 16, at most [`MAX_HD`].
-#[target_feature(enable = "avx512f")]
+/// AVX-512 F/BW/VL; the lengths `f16ops::scores` checks; `hd` a multiple of 16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn scores(
-    rows: &[f16],
+    kt: &[f16],
     stride: usize,
     n: usize,
     q: &[f32],
@@ -29,25 +66,74 @@ pub unsafe fn scores(
     out: &mut [f32],
 ) {
     let g = q.len() / hd;
-    let mut k = [_mm512_setzero_ps(); MAX_HD / 16];
-    for p in 0..n {
-        // SAFETY: row `p` lies inside `rows` (checked by the caller).
-        unsafe { load_row(rows.as_ptr().add(p * stride), hd, &mut k) };
-        for h in 0..g {
-            let mut acc = _mm512_setzero_ps();
-            for (v, &kv) in k.iter().enumerate().take(hd / 16) {
-                // SAFETY: `h * hd + 16 v + 16 <= q.len()`.
-                let qv = unsafe { _mm512_loadu_ps(q.as_ptr().add(h * hd + 16 * v)) };
-                acc = _mm512_fmadd_ps(kv, qv, acc);
+    let vs = _mm512_set1_ps(scale);
+    for p0 in (0..n).step_by(16) {
+        let lanes = (n - p0).min(16);
+        let mut h0 = 0;
+        while h0 < g {
+            let h = (g - h0).min(8);
+            let args = (kt, stride, (p0, lanes), q, hd, h0, vs);
+            // SAFETY: same features; lengths as checked by the caller.
+            unsafe {
+                let (kt, st, pl, q, hd, h0, vs) = args;
+                let o = (&mut *out, n);
+                match h {
+                    1 => scores_pass::<1>(kt, st, pl, q, hd, h0, vs, o),
+                    2 => scores_pass::<2>(kt, st, pl, q, hd, h0, vs, o),
+                    3 => scores_pass::<3>(kt, st, pl, q, hd, h0, vs, o),
+                    4 => scores_pass::<4>(kt, st, pl, q, hd, h0, vs, o),
+                    5 => scores_pass::<5>(kt, st, pl, q, hd, h0, vs, o),
+                    6 => scores_pass::<6>(kt, st, pl, q, hd, h0, vs, o),
+                    7 => scores_pass::<7>(kt, st, pl, q, hd, h0, vs, o),
+                    _ => scores_pass::<8>(kt, st, pl, q, hd, h0, vs, o),
+                }
             }
-            out[h * n + p] = _mm512_reduce_add_ps(acc) * scale;
+            h0 += h;
+        }
+    }
+}
+
+/// `V` vectors per head, `H` heads per pass: the accumulators stay in registers.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn accumulate_pass<const V: usize, const H: usize>(
+    rows: &[f16],
+    stride: usize,
+    n: usize,
+    w: &[f32],
+    h0: usize,
+    acc: &mut [f32],
+) {
+    let hd = 16 * V;
+    let mut a = [[_mm512_setzero_ps(); V]; H];
+    for p in 0..n {
+        let mut v = [_mm512_setzero_ps(); V];
+        for (j, v) in v.iter_mut().enumerate() {
+            // SAFETY: row `p` (`hd` halves) lies inside `rows` (checked by the caller).
+            *v = unsafe { load16(rows.as_ptr().add(p * stride + 16 * j), 16) };
+        }
+        for (h, a) in a.iter_mut().enumerate() {
+            let s = _mm512_set1_ps(w[(h0 + h) * n + p]);
+            for (a, &v) in a.iter_mut().zip(&v) {
+                *a = _mm512_fmadd_ps(v, s, *a);
+            }
+        }
+    }
+    for (h, a) in a.iter().enumerate() {
+        for (j, &a) in a.iter().enumerate() {
+            // SAFETY: head `h0 + h` of `acc` has `hd` floats.
+            unsafe {
+                let o = acc.as_mut_ptr().add((h0 + h) * hd + 16 * j);
+                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), a));
+            }
         }
     }
 }
 
 /// # Safety
-/// AVX-512 F; the lengths `f16ops::accumulate` checks; `hd` as for [`scores`].
-#[target_feature(enable = "avx512f")]
+/// AVX-512 F/BW/VL; the lengths `f16ops::accumulate` checks; `hd` a multiple of 16, at most
+/// [`MAX_HD`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn accumulate(
     rows: &[f16],
     stride: usize,
@@ -57,17 +143,44 @@ pub unsafe fn accumulate(
     acc: &mut [f32],
 ) {
     let g = acc.len() / hd;
-    let mut v = [_mm512_setzero_ps(); MAX_HD / 16];
-    for p in 0..n {
-        // SAFETY: row `p` lies inside `rows` (checked by the caller).
-        unsafe { load_row(rows.as_ptr().add(p * stride), hd, &mut v) };
-        for h in 0..g {
-            let a = _mm512_set1_ps(w[h * n + p]);
-            for (j, &vv) in v.iter().enumerate().take(hd / 16) {
-                // SAFETY: `h * hd + 16 j + 16 <= acc.len()`.
+    macro_rules! passes {
+        ($v:literal, $h:literal) => {{
+            let mut h0 = 0;
+            while h0 < g {
+                // SAFETY: same features; lengths as checked by the caller.
                 unsafe {
-                    let o = acc.as_mut_ptr().add(h * hd + 16 * j);
-                    _mm512_storeu_ps(o, _mm512_fmadd_ps(vv, a, _mm512_loadu_ps(o)));
+                    match g - h0 {
+                        1 => accumulate_pass::<$v, 1>(rows, stride, n, w, h0, acc),
+                        2 if $h >= 2 => accumulate_pass::<$v, 2>(rows, stride, n, w, h0, acc),
+                        3 if $h >= 3 => accumulate_pass::<$v, 3>(rows, stride, n, w, h0, acc),
+                        _ if $h >= 4 => accumulate_pass::<$v, 4>(rows, stride, n, w, h0, acc),
+                        _ => accumulate_pass::<$v, $h>(rows, stride, n, w, h0, acc),
+                    }
+                }
+                h0 += $h.min(g - h0).max(1);
+            }
+        }};
+    }
+    match hd / 16 {
+        1 => passes!(1, 4),
+        2 => passes!(2, 4),
+        3 => passes!(3, 4),
+        4 => passes!(4, 4),
+        8 => passes!(8, 2),
+        16 => passes!(16, 1),
+        vn => {
+            // Other sizes: one head at a time, vectors in a loop.
+            for h in 0..g {
+                for p in 0..n {
+                    let s = _mm512_set1_ps(w[h * n + p]);
+                    for j in 0..vn {
+                        // SAFETY: in bounds as above.
+                        unsafe {
+                            let v = load16(rows.as_ptr().add(p * stride + 16 * j), 16);
+                            let o = acc.as_mut_ptr().add(h * hd + 16 * j);
+                            _mm512_storeu_ps(o, _mm512_fmadd_ps(v, s, _mm512_loadu_ps(o)));
+                        }
+                    }
                 }
             }
         }
