@@ -5,6 +5,10 @@
 //!
 //! Decode on a CPU is bound by memory bandwidth: every generated token reads every weight once.
 //! The report turns decode speed into GB/s so it can be compared with the machine's bound.
+//!
+//! With `parallel` above 1 it also decodes that many sequences together, one token each per
+//! forward pass (what a server's continuous batching does with as many streams), and reports
+//! their aggregate tokens per second (`tg128 x8`), like llama.cpp's `llama-batched-bench`.
 
 use std::path::Path;
 use std::time::Instant;
@@ -38,6 +42,8 @@ pub struct EngineConfig {
     pub reps: usize,
     /// Compute threads; `None` keeps [`kernels::threads`].
     pub threads: Option<usize>,
+    /// Sequences decoded together in the batched test (`--parallel`; 1 skips it).
+    pub parallel: usize,
     /// Seed of the random token ids.
     pub seed: u64,
 }
@@ -49,6 +55,7 @@ impl Default for EngineConfig {
             gen_tokens: 128,
             reps: 5,
             threads: None,
+            parallel: 1,
             seed: 42,
         }
     }
@@ -75,6 +82,12 @@ pub struct EngineReport {
     pub tg_tps: Option<f64>,
     /// Its sample standard deviation.
     pub tg_tps_stdev: Option<f64>,
+    /// Sequences of the batched decode test (1: not run).
+    pub parallel: usize,
+    /// Mean aggregate decode tokens per second of `parallel` sequences decoded together.
+    pub tg_parallel_tps: Option<f64>,
+    /// Its sample standard deviation.
+    pub tg_parallel_tps_stdev: Option<f64>,
     /// Seconds to load the model (network, tokenizer, template).
     pub load_s: f64,
     /// Peak resident set size of this process (`VmHWM`), when the OS reports it.
@@ -103,6 +116,9 @@ pub fn run(path: &Path, name: &str, cfg: &EngineConfig) -> Result<EngineReport, 
     let loaded = LoadedModel::open(path)?;
     let model = loaded.model.as_ref();
     let c = model.config();
+    if cfg.parallel == 0 {
+        return Err(BenchError::Config("--parallel must be at least 1".into()));
+    }
     let needed = cfg.prompt_tokens.max(DECODE_PROMPT + cfg.gen_tokens);
     if needed > c.context_length {
         return Err(BenchError::Config(format!(
@@ -116,7 +132,11 @@ pub fn run(path: &Path, name: &str, cfg: &EngineConfig) -> Result<EngineReport, 
     let prompt = random(cfg.prompt_tokens);
     let decode_prompt = random(DECODE_PROMPT);
     let decode_tokens = random(cfg.gen_tokens);
-    let mut pool = model.new_pool(needed);
+    // Each sequence of the batched test takes whole cache blocks.
+    let per_seq =
+        (DECODE_PROMPT + cfg.gen_tokens).next_multiple_of(crate::engine::model::kv::BLOCK);
+    let mut pool = model.new_pool(needed.max(cfg.parallel * per_seq));
+    let batched = cfg.parallel > 1 && cfg.gen_tokens > 0;
 
     // One untimed warm-up of each phase: page in the weights, spin up the thread pool.
     if cfg.prompt_tokens > 0 {
@@ -125,8 +145,18 @@ pub fn run(path: &Path, name: &str, cfg: &EngineConfig) -> Result<EngineReport, 
     if cfg.gen_tokens > 0 {
         decode(model, &mut pool, &decode_prompt, &decode_tokens[..1])?;
     }
+    if batched {
+        decode_batched(
+            model,
+            &mut pool,
+            &decode_prompt,
+            &decode_tokens[..1],
+            cfg.parallel,
+        )?;
+    }
     let mut pp = Vec::new();
     let mut tg = Vec::new();
+    let mut tgp = Vec::new();
     for _ in 0..cfg.reps {
         if cfg.prompt_tokens > 0 {
             pp.push(cfg.prompt_tokens as f64 / prefill(model, &mut pool, &prompt)?);
@@ -135,9 +165,19 @@ pub fn run(path: &Path, name: &str, cfg: &EngineConfig) -> Result<EngineReport, 
             let secs = decode(model, &mut pool, &decode_prompt, &decode_tokens)?;
             tg.push(cfg.gen_tokens as f64 / secs);
         }
+        if batched {
+            let secs = decode_batched(
+                model,
+                &mut pool,
+                &decode_prompt,
+                &decode_tokens,
+                cfg.parallel,
+            )?;
+            tgp.push((cfg.gen_tokens * cfg.parallel) as f64 / secs);
+        }
     }
     let rate = |v: &[f64]| (!v.is_empty()).then(|| mean_stdev(v));
-    let (pp_rate, tg_rate) = (rate(&pp), rate(&tg));
+    let (pp_rate, tg_rate, tgp_rate) = (rate(&pp), rate(&tg), rate(&tgp));
     Ok(EngineReport {
         model: name.to_string(),
         threads: kernels::threads(),
@@ -148,6 +188,9 @@ pub fn run(path: &Path, name: &str, cfg: &EngineConfig) -> Result<EngineReport, 
         pp_tps_stdev: pp_rate.map(|r| r.1),
         tg_tps: tg_rate.map(|r| r.0),
         tg_tps_stdev: tg_rate.map(|r| r.1),
+        parallel: cfg.parallel,
+        tg_parallel_tps: tgp_rate.map(|r| r.0),
+        tg_parallel_tps_stdev: tgp_rate.map(|r| r.1),
         load_s: loaded.load_seconds,
         peak_rss_bytes: peak_rss_bytes(),
         file_bytes,
@@ -186,6 +229,46 @@ fn decode(
         Ok(start.elapsed().as_secs_f64())
     })();
     pool.release(&mut seqs[0]);
+    result
+}
+
+/// Prefills `prompt` into `n` sequences (untimed), then seconds for one forward pass per token
+/// of `tokens`, each pass carrying one token of every sequence.
+fn decode_batched(
+    model: &dyn Model,
+    pool: &mut KvPool,
+    prompt: &[u32],
+    tokens: &[u32],
+    n: usize,
+) -> Result<f64, BenchError> {
+    let mut seqs = vec![SeqKv::default(); n];
+    let result = (|| {
+        let mut batch = Batch::default();
+        for s in 0..n {
+            for (i, &t) in prompt.iter().enumerate() {
+                batch.push(t, i, s, i + 1 == prompt.len());
+            }
+        }
+        model.forward(&batch, pool, &mut seqs)?;
+        let start = Instant::now();
+        for (i, &t) in tokens.iter().enumerate() {
+            let mut batch = Batch::default();
+            for s in 0..n {
+                // Different tokens per sequence, as independent streams would have.
+                batch.push(
+                    (t + s as u32) % model.config().vocab as u32,
+                    prompt.len() + i,
+                    s,
+                    true,
+                );
+            }
+            model.forward(&batch, pool, &mut seqs)?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    })();
+    for s in &mut seqs {
+        pool.release(s);
+    }
     result
 }
 
@@ -238,9 +321,15 @@ mod tests {
             prompt_tokens: 16,
             gen_tokens: 4,
             reps: 1,
+            parallel: 3,
             ..EngineConfig::default()
         };
         let r = run(&path, "smollm2-135m-instruct", &cfg).expect("bench");
+        assert_eq!(r.parallel, 3);
+        assert!(
+            r.tg_parallel_tps.is_some_and(|t| t.is_finite() && t > 0.0),
+            "{r:?}"
+        );
         assert_eq!((r.pp, r.tg, r.reps), (16, 4, 1));
         for rate in [r.pp_tps, r.tg_tps] {
             assert!(rate.is_some_and(|t| t.is_finite() && t > 0.0), "{r:?}");

@@ -15,26 +15,28 @@ pub fn engine(r: &EngineReport) -> String {
     let width = r.model.len().max(5);
     let _ = writeln!(
         s,
-        "| {:<width$} | {:>10} | {:>7} | {:>6} | {:>18} |",
+        "| {:<width$} | {:>10} | {:>7} | {:>9} | {:>18} |",
         "model", "size", "threads", "test", "t/s"
     );
     let _ = writeln!(
         s,
-        "| {:-<width$} | {:->9}: | {:->6}: | {:->5}: | {:->17}: |",
+        "| {:-<width$} | {:->9}: | {:->6}: | {:->8}: | {:->17}: |",
         "", "", "", "", ""
     );
+    let par = format!(" x{}", r.parallel);
     let rows = [
-        ("pp", r.pp, r.pp_tps, r.pp_tps_stdev),
-        ("tg", r.tg, r.tg_tps, r.tg_tps_stdev),
+        ("pp", r.pp, "", r.pp_tps, r.pp_tps_stdev),
+        ("tg", r.tg, "", r.tg_tps, r.tg_tps_stdev),
+        ("tg", r.tg, &par, r.tg_parallel_tps, r.tg_parallel_tps_stdev),
     ];
-    for (test, n, mean, sd) in rows {
+    for (test, n, suffix, mean, sd) in rows {
         if let Some(mean) = mean {
             let size = format!("{:.2} MiB", r.file_bytes as f64 / MIB);
             let tps = format!("{mean:.2} ± {:.2}", sd.unwrap_or(0.0));
-            let test = format!("{test}{n}");
+            let test = format!("{test}{n}{suffix}");
             let _ = writeln!(
                 s,
-                "| {:<width$} | {size:>10} | {:>7} | {test:>6} | {tps:>18} |",
+                "| {:<width$} | {size:>10} | {:>7} | {test:>9} | {tps:>18} |",
                 r.model, r.threads
             );
         }
@@ -138,6 +140,9 @@ mod tests {
             pp_tps_stdev: Some(2.5),
             tg_tps: Some(200.0),
             tg_tps_stdev: Some(1.0),
+            parallel: 8,
+            tg_parallel_tps: Some(640.0),
+            tg_parallel_tps_stdev: Some(4.0),
             load_s: 0.05,
             peak_rss_bytes: Some(150 * 1024 * 1024),
             file_bytes: 100 * 1024 * 1024,
@@ -151,6 +156,8 @@ mod tests {
             "500.00 ± 2.50",
             "tg128",
             "200.00 ± 1.00",
+            "tg128 x8",
+            "640.00 ± 4.00",
             "100.00 MiB",
             "19.6 GB/s (26%",
             "peak RSS 150.0 MiB",

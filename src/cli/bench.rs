@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 5, help_heading = "--engine")]
     pub repetitions: usize,
+    /// Also decode this many sequences together (one token each per forward pass) and report
+    /// their aggregate tokens per second.
+    #[arg(long, default_value_t = 1, help_heading = "--engine")]
+    pub parallel: usize,
 
     /// Bearer token for the server.
     #[arg(long, help_heading = "--url")]
@@ -88,6 +92,7 @@ fn run_engine(a: BenchArgs) -> anyhow::Result<()> {
         prompt_tokens: a.n_prompt,
         gen_tokens: a.n_gen,
         reps: a.repetitions,
+        parallel: a.parallel,
         ..EngineConfig::default()
     };
     let report = engine::run(&path, &name, &cfg)

@@ -425,11 +425,13 @@ pub(crate) fn matmul_packed_isa(w: &PackedMatrix, x: &[f32], n: usize, out: &mut
                         let a = &act[t0 * arow..(t0 + k) * arow];
                         // SAFETY: the kernel matches an ISA this CPU supports.
                         unsafe { kernel(&lay, w.tile(tile), a, arow, &mut v[..k]) };
+                        let live = (rows - tile * R).min(R);
                         for (j, v) in v[..k].iter().enumerate() {
-                            for (r, &v) in v.iter().enumerate().take(rows - tile * R) {
-                                // SAFETY: each (t, row) belongs to one claimed chunk; the index
-                                // is below `n * rows`.
-                                unsafe { optr.get().add((t0 + j) * rows + tile * R + r).write(v) };
+                            // SAFETY: each (t, row) belongs to one claimed chunk; the `live`
+                            // rows from `tile * R` of token `t0 + j` are below `n * rows`.
+                            unsafe {
+                                let o = optr.get().add((t0 + j) * rows + tile * R);
+                                std::ptr::copy_nonoverlapping(v.as_ptr(), o, live);
                             }
                         }
                         t0 += k;
