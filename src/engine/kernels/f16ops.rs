@@ -92,13 +92,8 @@ pub fn accumulate(rows: &[f16], stride: usize, n: usize, w: &[f32], hd: usize, a
 
 #[cfg(test)]
 mod tests {
+    use super::super::ops::test_data as data;
     use super::*;
-
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 4001) as f32 / 400.0 - 5.0)
-            .collect()
-    }
 
     fn halves(x: &[f32]) -> Vec<f16> {
         x.iter().map(|&v| f16::from_f32(v)).collect()

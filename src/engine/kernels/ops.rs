@@ -282,14 +282,20 @@ pub fn bf16_to_f32(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Deterministic test data in `[-4, 4)`, for the kernels' unit tests.
+#[cfg(test)]
+pub(crate) fn test_data(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2000) as f32 / 250.0 - 4.0)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2000) as f32 / 250.0 - 4.0)
-            .collect()
+        test_data(n, seed)
     }
 
     fn close(a: f32, b: f64, rel: f64) {
