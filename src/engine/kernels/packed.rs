@@ -217,6 +217,7 @@ impl PackedMatrix {
         let tiles = w.rows.div_ceil(R);
         let tile_bytes = nb * lay.bytes;
         let mut data = vec![Line([0; 64]); (tiles * tile_bytes).div_ceil(64)];
+        huge_pages(&mut data);
         let ptr = SyncPtr(data.as_mut_ptr().cast::<u8>());
         let step = (RELEASE_BYTES / (R * w.row_bytes())).max(1);
         for first in (0..tiles).step_by(step) {
@@ -291,6 +292,25 @@ impl PackedMatrix {
             }
         }
     }
+}
+
+/// Asks the kernel to back `data` (not yet touched: zeroed allocations this large come as fresh
+/// pages) with transparent huge pages, so that streaming the weights for every token does not
+/// walk a page table entry per 4 KiB.
+fn huge_pages(data: &mut [Line]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let (start, len) = (data.as_mut_ptr() as usize, std::mem::size_of_val(data));
+        let (lo, hi) = (start.next_multiple_of(HUGE), (start + len) / HUGE * HUGE);
+        if hi > lo {
+            // SAFETY: the range lies inside `data`'s allocation; MADV_HUGEPAGE is a hint that
+            // changes no contents and no mapping.
+            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = data;
 }
 
 /// Packs rows `16t..16t+16` of `w` into `tile` (zeroed).
