@@ -23,6 +23,9 @@ use crate::engine::error::{EngineError, Result};
 /// Positions per block.
 pub const BLOCK: usize = 32;
 
+/// The largest finite half; cached values saturate there.
+const F16_MAX: f32 = 65504.0;
+
 /// The block pool. One per loaded model.
 pub struct KvPool {
     n_layer: usize,
@@ -201,9 +204,18 @@ impl KvPool {
         let d = self.kv_dim;
         let block = &mut self.blocks[id];
         for (c, &x) in k.iter().enumerate() {
-            block[kb + c * BLOCK + pos % BLOCK] = f16::from_f32(x);
+            block[kb + c * BLOCK + pos % BLOCK] = f16::from_f32(x.clamp(-F16_MAX, F16_MAX));
         }
-        block[vo..vo + d].convert_from_f32_slice(v);
+        let vs = &mut block[vo..vo + d];
+        vs.convert_from_f32_slice(v);
+        // Saturate rather than overflow to infinity (which attention would turn into NaN).
+        for h in vs.iter_mut().filter(|h| h.is_infinite()) {
+            *h = if h.is_sign_negative() {
+                f16::MIN
+            } else {
+                f16::MAX
+            };
+        }
     }
 
     /// The key row (all KV heads) of one position, gathered from the transposed block.
@@ -263,6 +275,16 @@ mod tests {
         pool.release(&mut a);
         pool.release(&mut b);
         assert_eq!(pool.free_tokens(), pool.capacity_tokens());
+    }
+
+    #[test]
+    fn values_beyond_half_range_saturate() {
+        let mut pool = KvPool::new(1, 2, 64);
+        let mut a = SeqKv::default();
+        pool.prepare(&mut a, 0, 1).unwrap();
+        pool.write(&a, 0, 0, &[1e6, -1e6], &[7e4, -f32::INFINITY]);
+        assert_eq!(pool.key(&a, 0, 0), [f16::MAX, f16::MIN]);
+        assert_eq!(pool.value(&a, 0, 0), &[f16::MAX, f16::MIN]);
     }
 
     #[test]

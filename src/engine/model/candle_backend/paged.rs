@@ -123,7 +123,12 @@ impl DeviceKv {
     /// Stores layer `il`'s keys and values (`[n, kv_dim]`) of the batch's tokens.
     pub(super) fn write(&self, il: usize, plan: &Plan, k: &Tensor, v: &Tensor) -> CResult<()> {
         // Half-precision storage, as the CPU engine's pool (and llama.cpp's default cache).
-        let half = |t: &Tensor| t.to_dtype(DType::F16)?.contiguous();
+        // Saturating at the largest finite half, as the CPU pool does.
+        let half = |t: &Tensor| {
+            t.clamp(-65504f32, 65504f32)?
+                .to_dtype(DType::F16)?
+                .contiguous()
+        };
         self.k[il].scatter_set(&plan.write, &half(k)?, 0)?;
         self.v[il].scatter_set(&plan.write, &half(v)?, 0)
     }
