@@ -176,6 +176,31 @@ fn batched_sequences_match_separate_runs() {
 }
 
 #[test]
+fn long_decode_split_across_threads_matches_unsplit() {
+    // A lone decoding sequence with a long context splits its positions into chunks for the
+    // threads and merges them; it must agree with recomputing the whole sequence in one
+    // prefill, where every token's span stays whole.
+    ward::engine::kernels::set_threads(2);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tiny.gguf");
+    tiny_model(&p, "llama", None);
+    let m = model::load(&p).unwrap();
+    let prompt: Vec<u32> = (0..200).map(|i| (i * 37 % VOCAB) as u32).collect();
+    let mut pool = m.new_pool(1024);
+    let mut seqs = [SeqKv::default()];
+    m.forward(&Batch::single(&prompt, 0), &mut pool, &mut seqs)
+        .unwrap();
+    let split = m
+        .forward(&Batch::single(&[5], prompt.len()), &mut pool, &mut seqs)
+        .unwrap();
+    let full = logits_alone(m.as_ref(), &[prompt, vec![5]].concat());
+    assert!(
+        split.iter().zip(&full).all(|(p, q)| (p - q).abs() < 1e-3),
+        "split decode differs from recomputation"
+    );
+}
+
+#[test]
 fn forked_prefix_gives_same_logits() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("tiny.gguf");

@@ -155,17 +155,26 @@ fn gelu_mul_impl(gate: &mut [f32], up: &[f32]) {
 
 #[inline(always)]
 fn softmax_impl(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let (max, sum) = exp_shifted_impl(x);
     if max == f32::NEG_INFINITY {
         return;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+#[inline(always)]
+fn exp_shifted_impl(x: &mut [f32]) -> (f32, f32) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    if max == f32::NEG_INFINITY {
+        return (max, 0.0);
     }
     let mut sum = 0f32;
     for v in x.iter_mut() {
         *v = exp_approx(*v - max);
         sum += *v;
     }
-    let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
+    (max, sum)
 }
 
 #[inline(always)]
@@ -204,6 +213,12 @@ fn scale_impl(x: &mut [f32], s: f32) {
     x.iter_mut().for_each(|a| *a *= s);
 }
 
+multiversion!(
+    /// `x[i] = e^(x[i] - max)`, returning `(max, Σ x[i])`: an unnormalized softmax, for
+    /// softmaxes computed in parts and merged (`max` is `-inf` and nothing changes when every
+    /// input is).
+    pub fn exp_shifted(x: &mut [f32]) -> (f32, f32) => exp_shifted_impl
+);
 multiversion!(
     /// Rotates each `hd`-wide head of `row` by the angles whose cosines and sines are given:
     /// pairs `(j, j + d/2)` (`neox`) or `(2j, 2j + 1)`, fused as llama.cpp's compiled loop is.
