@@ -36,110 +36,152 @@ pub fn attend(
         None
     };
     assert_eq!(out.len(), batch.len() * cfg.n_head * hd);
-    // One item per (token, KV head) serves its whole group of query heads. Tokens whose items
-    // alone cannot occupy the threads (a single decoding sequence) also split their positions
-    // into chunks of at least MIN_CHUNK, merged afterwards (flash-decoding).
-    let threads = kernels::threads();
+    // A token's span is cut into chunks at multiples of CHUNK positions; each chunk serves the
+    // whole group of query heads of one KV head, and a span of several chunks is merged from
+    // their parts (flash-decoding). The cuts depend only on positions, so results depend on
+    // neither the thread count nor the rest of the batch. Work items are whole (token, KV head)
+    // pairs when there are enough of them to occupy the threads, else single chunks, so that
+    // one long sequence still uses every thread.
+    let spans: Vec<std::ops::Range<usize>> = (0..batch.len())
+        .map(|t| window.map_or(0, |w| (batch.pos[t] + 1).saturating_sub(w))..batch.pos[t] + 1)
+        .collect();
     let units = batch.len() * cfg.n_kv_head;
-    let want = if units >= 2 * threads {
-        1
-    } else {
-        (2 * threads).div_ceil(units)
-    };
-    let mut items = Vec::with_capacity(units * want);
-    for t in 0..batch.len() {
-        let pos = batch.pos[t];
-        let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let chunks = want.min((pos + 1 - lo).div_ceil(MIN_CHUNK)).max(1);
-        let step = (pos + 1 - lo).div_ceil(chunks).next_multiple_of(BLOCK);
+    let per_chunk = units < 2 * kernels::threads();
+    let mut items = Vec::with_capacity(units);
+    for (t, span) in spans.iter().enumerate() {
         for kvh in 0..cfg.n_kv_head {
-            let mut a = lo;
-            while a <= pos {
-                let b = (a + step).min(pos + 1);
+            if per_chunk {
+                items.extend(chunks(span.clone()).map(|c| Item { t, kvh, span: c }));
+            } else {
                 items.push(Item {
                     t,
                     kvh,
-                    span: a..b,
-                    whole: a == lo && b == pos + 1,
+                    span: span.clone(),
                 });
-                a = b;
             }
         }
     }
-    // Per item: the group's unnormalized outputs, then each head's running max and sum.
-    let per = group * hd + 2 * group;
-    let mut partial = vec![0f32; items.len() * per];
-    let part_ptr = OutPtr(partial.as_mut_ptr());
-    let (dst, part_ptr) = (&OutPtr(out.as_mut_ptr()), &part_ptr);
+    let gq = group * hd;
+    let per = gq + 2 * group;
+    // Per-chunk items leave their parts here, merged below.
+    let mut partial = vec![0f32; if per_chunk { items.len() * per } else { 0 }];
+    let (dst, part_ptr) = (&OutPtr(out.as_mut_ptr()), &OutPtr(partial.as_mut_ptr()));
     kernels::parallel_for(items.len(), &|i| {
         let it = &items[i];
         let row0 = (it.t * cfg.n_head + it.kvh * group) * hd;
-        // SAFETY: item `i` writes only its own `per` floats of `partial`, disjoint from every
-        // other item's, and `partial` outlives the call.
-        let mine = unsafe { std::slice::from_raw_parts_mut(part_ptr.0.add(i * per), per) };
-        let (o, stats) = mine.split_at_mut(group * hd);
-        let part = Part {
+        let part = |span| Part {
             pool,
             seq: &seqs[batch.seq[it.t]],
             il,
             kvo: it.kvh * hd,
             hd,
-            span: it.span.clone(),
+            span,
             scale: cfg.attn_scale,
         };
-        if it.whole {
-            // SAFETY: a whole item is the only one writing `out[row0..row0 + group * hd]`.
-            let out = unsafe { std::slice::from_raw_parts_mut(dst.0.add(row0), group * hd) };
-            part.attend(&q[row0..row0 + group * hd], out, stats, true);
-        } else {
-            part.attend(&q[row0..row0 + group * hd], o, stats, false);
+        let q = &q[row0..row0 + gq];
+        if per_chunk && it.span != spans[it.t] {
+            // SAFETY: item `i` writes only its own `per` floats of `partial`, disjoint from
+            // every other item's, and `partial` outlives the call.
+            let mine = unsafe { std::slice::from_raw_parts_mut(part_ptr.0.add(i * per), per) };
+            let (o, stats) = mine.split_at_mut(gq);
+            part(it.span.clone()).attend(q, o, stats, false, &mut Scratch::default());
+            return;
         }
+        // SAFETY: this item is the only one writing its token's group, `out[row0..row0 + gq]`.
+        let y = unsafe { std::slice::from_raw_parts_mut(dst.0.add(row0), gq) };
+        let cs: Vec<_> = chunks(it.span.clone()).collect();
+        if cs.len() == 1 {
+            let mut stats = vec![0.0; 2 * group];
+            part(it.span.clone()).attend(q, y, &mut stats, true, &mut Scratch::default());
+            return;
+        }
+        let mut parts = vec![0f32; cs.len() * per];
+        let mut scratch = Scratch::default();
+        for (c, p) in cs.into_iter().zip(parts.chunks_exact_mut(per)) {
+            let (o, stats) = p.split_at_mut(gq);
+            part(c).attend(q, o, stats, false, &mut scratch);
+        }
+        merge(&parts, group, hd, y);
     });
-    // Merge the chunks of split items: rescale each to the common max, sum, normalize.
-    let mut i = 0;
-    while i < items.len() {
-        let (t, kvh) = (items[i].t, items[i].kvh);
-        let n = items[i..]
-            .iter()
-            .take_while(|it| it.t == t && it.kvh == kvh)
-            .count();
-        if !items[i].whole {
-            let row0 = (t * cfg.n_head + kvh * group) * hd;
-            let chunks = &partial[i * per..(i + n) * per];
-            for h in 0..group {
-                let stat = |c: usize, k: usize| chunks[c * per + group * hd + k * group + h];
-                let m = (0..n).map(|c| stat(c, 0)).fold(f32::NEG_INFINITY, f32::max);
-                let y = &mut out[row0 + h * hd..row0 + (h + 1) * hd];
-                y.fill(0.0);
-                let mut sum = 0f32;
-                for c in 0..n {
-                    if stat(c, 1) == 0.0 {
-                        continue;
-                    }
-                    let f = (stat(c, 0) - m).exp();
-                    sum += f * stat(c, 1);
-                    let o = &chunks[c * per + h * hd..c * per + (h + 1) * hd];
-                    ops::axpy(f, o, y);
-                }
-                if sum > 0.0 {
-                    ops::scale_inplace(y, 1.0 / sum);
-                }
+    if per_chunk {
+        // Merge the chunks of split spans (items of one (token, KV head) are consecutive).
+        let mut i = 0;
+        while i < items.len() {
+            let (t, kvh) = (items[i].t, items[i].kvh);
+            let n = items[i..]
+                .iter()
+                .take_while(|it| it.t == t && it.kvh == kvh)
+                .count();
+            if n > 1 {
+                let row0 = (t * cfg.n_head + kvh * group) * hd;
+                merge(
+                    &partial[i * per..(i + n) * per],
+                    group,
+                    hd,
+                    &mut out[row0..row0 + gq],
+                );
             }
+            i += n;
         }
-        i += n;
     }
 }
 
-/// Positions per chunk below which a sequence's span is not split across threads.
-const MIN_CHUNK: usize = 2 * BLOCK;
+/// Positions per attention chunk: spans are cut at its multiples.
+const CHUNK: usize = 4 * BLOCK;
+
+/// `span` cut at multiples of [`CHUNK`].
+fn chunks(span: std::ops::Range<usize>) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let end = span.end;
+    let mut a = span.start;
+    std::iter::from_fn(move || {
+        (a < end).then(|| {
+            let b = ((a / CHUNK + 1) * CHUNK).min(end);
+            let c = a..b;
+            a = b;
+            c
+        })
+    })
+}
+
+/// Merges the parts of one span (each `group * hd` unnormalized outputs, then the heads'
+/// maxima, then their sums) into the normalized output `y`: every part rescaled to the common
+/// maximum, summed in order, divided by the rescaled sum.
+fn merge(parts: &[f32], group: usize, hd: usize, y: &mut [f32]) {
+    let per = group * hd + 2 * group;
+    let n = parts.len() / per;
+    for h in 0..group {
+        let stat = |c: usize, k: usize| parts[c * per + group * hd + k * group + h];
+        let m = (0..n).map(|c| stat(c, 0)).fold(f32::NEG_INFINITY, f32::max);
+        let y = &mut y[h * hd..(h + 1) * hd];
+        y.fill(0.0);
+        let mut sum = 0f32;
+        for c in 0..n {
+            if stat(c, 1) == 0.0 {
+                continue;
+            }
+            let f = (stat(c, 0) - m).exp();
+            sum += f * stat(c, 1);
+            ops::axpy(f, &parts[c * per + h * hd..c * per + (h + 1) * hd], y);
+        }
+        if sum > 0.0 {
+            ops::scale_inplace(y, 1.0 / sum);
+        }
+    }
+}
 
 /// One unit of attention work: the query heads of KV head `kvh` of token `t` over `span`
-/// (`whole`: the token's entire span, so the result needs no merge).
+/// (the token's whole span, or one chunk of it).
 struct Item {
     t: usize,
     kvh: usize,
     span: std::ops::Range<usize>,
-    whole: bool,
+}
+
+/// Buffers [`Part::attend`] reuses across the chunks of one work item.
+#[derive(Default)]
+struct Scratch {
+    w: Vec<f32>,
+    tmp: Vec<f32>,
 }
 
 /// Query heads sharing one KV head, against one sequence's cache.
@@ -170,11 +212,19 @@ impl Part<'_> {
     /// head's sum of weights. With `normalize` the weights are divided by their sum before
     /// the values are summed (`o` is the attention output); without, `o / sum` is, for merging
     /// with other parts of the span.
-    fn attend(&self, q: &[f32], o: &mut [f32], stats: &mut [f32], normalize: bool) {
+    fn attend(
+        &self,
+        q: &[f32],
+        o: &mut [f32],
+        stats: &mut [f32],
+        normalize: bool,
+        scratch: &mut Scratch,
+    ) {
         let (g, n, lo) = (q.len() / self.hd, self.span.len(), self.span.start);
         let stride = self.pool.kv_dim();
-        let mut w = vec![0f32; g * n];
-        let mut tmp = vec![0f32; g * BLOCK];
+        let Scratch { w, tmp } = scratch;
+        w.resize(g * n, 0.0);
+        tmp.resize(g * BLOCK, 0.0);
         self.runs(|b, p0, m| {
             // This KV head's transposed keys: `[hd][BLOCK]`, from position `p0` of the block.
             let kt = &self.pool.keys_t(self.seq, self.il, b)[self.kvo * BLOCK + p0..];
