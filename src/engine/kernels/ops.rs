@@ -1,5 +1,5 @@
-//! `f32` helpers for the model graph: norms, activations, softmax and the dot / axpy pair that
-//! attention runs over the KV cache.
+//! `f32` helpers for the model graph: norms, activations, RoPE, the unnormalized softmax and the
+//! axpy that attention merges its parts with.
 //!
 //! Each is written once as a plain loop that the compiler vectorizes, then compiled again
 //! inside `#[target_feature]` wrappers for AVX-512 and AVX2 and picked by the runtime ISA.
@@ -29,25 +29,6 @@ macro_rules! multiversion {
             $imp($($a),*)
         }
     };
-}
-
-const L: usize = 16;
-
-#[inline(always)]
-fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "dot_f32: lengths");
-    let mut acc = [[0f32; L]; 2];
-    let (ca, cb) = (a.chunks_exact(2 * L), b.chunks_exact(2 * L));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..2 {
-            for i in 0..L {
-                acc[k][i] += x[k * L + i] * y[k * L + i];
-            }
-        }
-    }
-    let s: f32 = acc[0].iter().zip(&acc[1]).map(|(a, b)| a + b).sum();
-    s + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
 
 #[inline(always)]
@@ -154,16 +135,6 @@ fn gelu_mul_impl(gate: &mut [f32], up: &[f32]) {
 }
 
 #[inline(always)]
-fn softmax_impl(x: &mut [f32]) {
-    let (max, sum) = exp_shifted_impl(x);
-    if max == f32::NEG_INFINITY {
-        return;
-    }
-    let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
-}
-
-#[inline(always)]
 fn exp_shifted_impl(x: &mut [f32]) -> (f32, f32) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     if max == f32::NEG_INFINITY {
@@ -225,20 +196,12 @@ multiversion!(
     pub fn rope(row: &mut [f32], hd: usize, cos: &[f32], sin: &[f32], neox: bool) => rope_impl
 );
 multiversion!(
-    /// `Σ a[i] b[i]`.
-    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 => dot_impl
-);
-multiversion!(
     /// `y += alpha * x`.
     pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) => axpy_impl
 );
 multiversion!(
     /// `out = x / sqrt(mean(x²) + eps) * w`. (Gemma's `1 + w` is folded into `w` at load.)
     pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) => rms_norm_impl
-);
-multiversion!(
-    /// In-place softmax; a row of all `-inf` is left as is.
-    pub fn softmax_inplace(x: &mut [f32]) => softmax_impl
 );
 multiversion!(
     /// In-place `x * sigmoid(x)`.
@@ -338,14 +301,6 @@ mod tests {
     fn elementwise_ops_match_reference() {
         for n in [1, 15, 16, 33, 640, 4864] {
             let (a, b) = (data(n, 1), data(n, 7));
-            let dot: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
-            let mag: f64 = a
-                .iter()
-                .zip(&b)
-                .map(|(&x, &y)| (x as f64 * y as f64).abs())
-                .sum();
-            assert!((dot_f32(&a, &b) as f64 - dot).abs() <= 1e-6 * mag + 1e-6);
-
             let mut y = b.clone();
             axpy(0.5, &a, &mut y);
             y.iter()
@@ -380,7 +335,9 @@ mod tests {
                 .for_each(|((&g, &a), &u)| close(g, gelu(a as f64) * u as f64, 1e-5));
 
             let mut p = a.clone();
-            softmax_inplace(&mut p);
+            let (m, sum) = exp_shifted(&mut p);
+            assert_eq!(m, a.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            p.iter_mut().for_each(|v| *v /= sum);
             let max = a.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
             let z: f64 = a.iter().map(|&v| (v as f64 - max).exp()).sum();
             p.iter()
@@ -388,7 +345,7 @@ mod tests {
                 .for_each(|(&p, &a)| close(p, (a as f64 - max).exp() / z, 1e-5));
         }
         let mut inf = vec![f32::NEG_INFINITY; 4];
-        softmax_inplace(&mut inf);
+        assert_eq!(exp_shifted(&mut inf), (f32::NEG_INFINITY, 0.0));
         assert!(inf.iter().all(|v| *v == f32::NEG_INFINITY));
     }
 

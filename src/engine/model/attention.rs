@@ -89,15 +89,15 @@ pub fn attend(
         }
         // SAFETY: this item is the only one writing its token's group, `out[row0..row0 + gq]`.
         let y = unsafe { std::slice::from_raw_parts_mut(dst.0.add(row0), gq) };
-        let cs: Vec<_> = chunks(it.span.clone()).collect();
-        if cs.len() == 1 {
+        let n_chunks = chunks(it.span.clone()).count();
+        if n_chunks == 1 {
             let mut stats = vec![0.0; 2 * group];
             part(it.span.clone()).attend(q, y, &mut stats, true, &mut Scratch::default());
             return;
         }
-        let mut parts = vec![0f32; cs.len() * per];
+        let mut parts = vec![0f32; n_chunks * per];
         let mut scratch = Scratch::default();
-        for (c, p) in cs.into_iter().zip(parts.chunks_exact_mut(per)) {
+        for (c, p) in chunks(it.span.clone()).zip(parts.chunks_exact_mut(per)) {
             let (o, stats) = p.split_at_mut(gq);
             part(c).attend(q, o, stats, false, &mut scratch);
         }

@@ -16,15 +16,18 @@
 use std::any::Any;
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
 use crate::engine::error::{EngineError, Result};
 
 /// Positions per block.
 pub const BLOCK: usize = 32;
 
-/// The largest finite half; cached values saturate there.
-const F16_MAX: f32 = 65504.0;
+/// The nearest half, saturating at the largest finite one rather than overflowing to infinity
+/// (which attention would turn into NaN).
+#[inline]
+fn to_half(x: f32) -> f16 {
+    f16::from_f32(x.clamp(-65504.0, 65504.0))
+}
 
 /// The block pool. One per loaded model.
 pub struct KvPool {
@@ -204,21 +207,15 @@ impl KvPool {
         let d = self.kv_dim;
         let block = &mut self.blocks[id];
         for (c, &x) in k.iter().enumerate() {
-            block[kb + c * BLOCK + pos % BLOCK] = f16::from_f32(x.clamp(-F16_MAX, F16_MAX));
+            block[kb + c * BLOCK + pos % BLOCK] = to_half(x);
         }
-        let vs = &mut block[vo..vo + d];
-        vs.convert_from_f32_slice(v);
-        // Saturate rather than overflow to infinity (which attention would turn into NaN).
-        for h in vs.iter_mut().filter(|h| h.is_infinite()) {
-            *h = if h.is_sign_negative() {
-                f16::MIN
-            } else {
-                f16::MAX
-            };
+        for (h, &x) in block[vo..vo + d].iter_mut().zip(v) {
+            *h = to_half(x);
         }
     }
 
     /// The key row (all KV heads) of one position, gathered from the transposed block.
+    #[cfg(test)]
     pub fn key(&self, seq: &SeqKv, layer: usize, pos: usize) -> Vec<f16> {
         let t = self.keys_t(seq, layer, pos / BLOCK);
         (0..self.kv_dim)
@@ -243,7 +240,7 @@ impl KvPool {
     }
 
     /// The value row (all KV heads) of one position.
-    #[inline]
+    #[cfg(test)]
     pub fn value(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f16] {
         &self.values_from(seq, layer, pos)[..self.kv_dim]
     }

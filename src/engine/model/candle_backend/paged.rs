@@ -122,8 +122,7 @@ impl DeviceKv {
 
     /// Stores layer `il`'s keys and values (`[n, kv_dim]`) of the batch's tokens.
     pub(super) fn write(&self, il: usize, plan: &Plan, k: &Tensor, v: &Tensor) -> CResult<()> {
-        // Half-precision storage, as the CPU engine's pool (and llama.cpp's default cache).
-        // Saturating at the largest finite half, as the CPU pool does.
+        // Half-precision storage saturating at the largest finite half, as the CPU pool's.
         let half = |t: &Tensor| {
             t.clamp(-65504f32, 65504f32)?
                 .to_dtype(DType::F16)?
