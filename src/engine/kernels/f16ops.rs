@@ -55,15 +55,102 @@ pub fn scores(
     }
     for h in 0..g {
         for p in 0..n {
-            let s: f32 = (0..hd)
-                .map(|i| kt[i * stride + p].to_f32() * q[h * hd + i])
-                .sum();
+            let s = (0..hd).fold(0f32, |s, i| {
+                kt[i * stride + p].to_f32().mul_add(q[h * hd + i], s)
+            });
             out[h * n + p] = s * scale;
         }
     }
 }
 
-/// For each head `g`: `acc[g * hd + i] += Σ_p w[g * n + p] · rows[p * stride + i]`.
+/// Sums 16 lanes in the tree of `_mm512_reduce_add_ps` (halves, quarters, then pairs).
+#[inline(always)]
+pub fn reduce16(c: &[f32; 16]) -> f32 {
+    let t: [f32; 8] = std::array::from_fn(|i| c[i + 8] + c[i]);
+    let u: [f32; 4] = std::array::from_fn(|i| t[i + 4] + t[i]);
+    (u[0] + u[2]) + (u[1] + u[3])
+}
+
+/// Like [`scores`], with each dot product summed in the order of llama.cpp's `f16` dot product
+/// (`ggml_vec_dot_f16`, AVX-512 build): four 16-lane accumulators over 64-wide steps, folded
+/// pairwise, the lanes reduced as [`reduce16`] does, any tail added in `f64`. `q` must hold
+/// values already rounded to `f16`, so every product is exact.
+pub fn scores_tree(
+    kt: &[f16],
+    stride: usize,
+    n: usize,
+    q: &[f32],
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let g = q.len() / hd;
+    assert!(
+        n <= stride && kt.len() >= (hd - 1) * stride + n,
+        "f16ops::scores_tree: keys"
+    );
+    assert!(
+        q.len() == g * hd && out.len() == g * n,
+        "f16ops::scores_tree: lengths"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if wide(hd) && hd.is_multiple_of(64) {
+        // SAFETY: AVX-512 F/BW/VL detected; lengths checked above; `hd` a multiple of 64.
+        return unsafe { simd::scores_tree(kt, stride, n, q, hd, scale, out) };
+    }
+    let np = hd & !63;
+    for h in 0..g {
+        let q = &q[h * hd..(h + 1) * hd];
+        for p in 0..n {
+            let k = |i: usize| kt[i * stride + p].to_f32();
+            let mut sum = [[0f32; 16]; 4];
+            for st in (0..np).step_by(64) {
+                for (j, s) in sum.iter_mut().enumerate() {
+                    for (l, s) in s.iter_mut().enumerate() {
+                        let i = st + 16 * j + l;
+                        *s = k(i).mul_add(q[i], *s);
+                    }
+                }
+            }
+            let c: [f32; 16] =
+                std::array::from_fn(|l| (sum[0][l] + sum[2][l]) + (sum[1][l] + sum[3][l]));
+            let mut s = reduce16(&c) as f64;
+            for i in np..hd {
+                s += (k(i) * q[i]) as f64;
+            }
+            out[h * n + p] = s as f32 * scale;
+        }
+    }
+}
+
+/// `y = f16(x · v + y)` element by element, with one rounding to `f32` (llama.cpp's
+/// `ggml_vec_mad_f16`).
+pub fn mad_f16(y: &mut [f16], x: &[f16], v: f32) {
+    assert_eq!(y.len(), x.len(), "f16ops::mad_f16: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if isa::get() >= Isa::Avx512 {
+        // SAFETY: AVX-512 F/BW/VL detected; equal lengths.
+        return unsafe { simd::mad_f16(y, x, v) };
+    }
+    for (y, x) in y.iter_mut().zip(x) {
+        *y = f16::from_f32(x.to_f32().mul_add(v, y.to_f32()));
+    }
+}
+
+/// `y = f16(y · v)` element by element (llama.cpp's `ggml_vec_scale_f16`).
+pub fn scale_f16(y: &mut [f16], v: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if isa::get() >= Isa::Avx512 {
+        // SAFETY: AVX-512 F/BW/VL detected.
+        return unsafe { simd::scale_f16(y, v) };
+    }
+    for y in y.iter_mut() {
+        *y = f16::from_f32(y.to_f32() * v);
+    }
+}
+
+/// For each head `g`: `acc[g * hd + i] = Σ_p w[g * n + p] · rows[p * stride + i]` summed onto
+/// the value already in `acc` with one fused multiply-add per position, in position order.
 pub fn accumulate(rows: &[f16], stride: usize, n: usize, w: &[f32], hd: usize, acc: &mut [f32]) {
     let g = acc.len() / hd;
     assert!(

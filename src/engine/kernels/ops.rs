@@ -73,7 +73,6 @@ fn rms_norm_impl(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 /// algorithm), with fused multiply-adds, so that activations round as the reference engine's do.
 #[inline(always)]
 pub fn exp_approx(x: f32) -> f32 {
-    let x = x.clamp(-103.0, 88.8);
     const SHIFT: f32 = 12_582_912.0; // 0x1.8p23: adding it rounds to an integer
     let n = x.mul_add(f32::from_bits(0x3fb8_aa3b), SHIFT) - SHIFT; // x / ln 2
     // b = x - n ln2, in two parts.
@@ -89,10 +88,16 @@ pub fn exp_approx(x: f32) -> f32 {
             f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3efffedb)),
         )
         .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
-    // j * 2^n in two exact steps, so that results down to the subnormals stay correct.
-    let ni = n as i32;
+    // j * 2^n in two steps, the first exact, so that the one rounding falls where `vscalefps`
+    // puts it, down to the subnormals. Beyond |n| = 192 the result is 0 or infinity.
+    let ni = n.clamp(-192.0, 192.0) as i32;
     let (h, l) = (ni / 2, ni - ni / 2);
-    j * f32::from_bits(((h + 127) << 23) as u32) * f32::from_bits(((l + 127) << 23) as u32)
+    let r = j * f32::from_bits(((h + 127) << 23) as u32) * f32::from_bits(((l + 127) << 23) as u32);
+    if n.abs() > 192.0 {
+        if n <= 0.0 { 0.0 } else { f32::INFINITY }
+    } else {
+        r
+    }
 }
 
 #[inline(always)]

@@ -1,10 +1,17 @@
 //! Attention of every query of a batch against its sequence's keys and values in the paged
-//! `f16` KV cache: scores, softmax and the weighted sum of values in `f32`.
+//! `f16` KV cache, computed as llama.cpp's CPU flash attention computes it, so that ward's
+//! log-probabilities track the reference engine's to the last bit where the inputs agree:
+//! - queries of a sequence that brings fewer than [`TILE`] tokens to the batch (decode steps,
+//!   short prompts) follow its one-row kernel: the query rounded to `f16`, scores summed in its
+//!   dot product's order, an online softmax whose output accumulates in `f16`;
+//! - queries of a longer run of one sequence (prefill) follow its tiled kernel: `f32` scores,
+//!   64-position tiles, a vectorized `exp` and an `f32` accumulator.
 //!
-//! Every query row is computed the same way whatever else shares its batch, so a sequence's
-//! results do not depend on how the scheduler batched or chunked it. (llama.cpp's CPU flash
-//! attention instead keeps short batches in a half-precision accumulator; on SmolLM2 that
-//! changes log-probabilities about as much as it changes them against ward, see BENCHMARKS.md.)
+//! Spans longer than [`SPLIT`] positions are cut into [`CHUNK`]-position pieces at fixed
+//! positions and merged as llama.cpp merges its split-KV parts, so results never depend on
+//! the thread count or on the rest of the batch.
+
+use half::f16;
 
 use crate::engine::kernels::{self, f16ops as h, ops};
 
@@ -45,6 +52,17 @@ pub fn attend(
     let spans: Vec<std::ops::Range<usize>> = (0..batch.len())
         .map(|t| window.map_or(0, |w| (batch.pos[t] + 1).saturating_sub(w))..batch.pos[t] + 1)
         .collect();
+    let mut run = vec![0usize; seqs.len()];
+    for &sq in &batch.seq {
+        run[sq] += 1;
+    }
+    let kernel = |t: usize| {
+        if run[batch.seq[t]] >= TILE {
+            Kernel::Tiled
+        } else {
+            Kernel::Row
+        }
+    };
     let units = batch.len() * cfg.n_kv_head;
     let per_chunk = units < 2 * kernels::threads();
     let mut items = Vec::with_capacity(units);
@@ -77,6 +95,7 @@ pub fn attend(
             hd,
             span,
             scale: cfg.attn_scale,
+            kernel: kernel(it.t),
         };
         let q = &q[row0..row0 + gq];
         if per_chunk && it.span != spans[it.t] {
@@ -126,16 +145,29 @@ pub fn attend(
     }
 }
 
-/// Positions per attention chunk: spans are cut at its multiples.
+/// Runs of at least this many tokens of one sequence take the tiled kernel (llama.cpp's
+/// `GGML_FA_TILE_Q`); it is also the tiled kernel's width in positions (`GGML_FA_TILE_KV`).
+const TILE: usize = 64;
+
+/// Spans ending at or before this position are never split (llama.cpp pads its KV view to 256
+/// cells and splits only views of 512 or more).
+const SPLIT: usize = 256;
+
+/// Positions per attention chunk of a longer span: it is cut at multiples of this.
 const CHUNK: usize = 4 * BLOCK;
 
-/// `span` cut at multiples of [`CHUNK`].
+/// `span` whole if it ends by [`SPLIT`], else cut at multiples of [`CHUNK`].
 fn chunks(span: std::ops::Range<usize>) -> impl Iterator<Item = std::ops::Range<usize>> {
     let end = span.end;
+    let whole = end <= SPLIT;
     let mut a = span.start;
     std::iter::from_fn(move || {
         (a < end).then(|| {
-            let b = ((a / CHUNK + 1) * CHUNK).min(end);
+            let b = if whole {
+                end
+            } else {
+                ((a / CHUNK + 1) * CHUNK).min(end)
+            };
             let c = a..b;
             a = b;
             c
@@ -144,29 +176,41 @@ fn chunks(span: std::ops::Range<usize>) -> impl Iterator<Item = std::ops::Range<
 }
 
 /// Merges the parts of one span (each `group * hd` unnormalized outputs, then the heads'
-/// maxima, then their sums) into the normalized output `y`: every part rescaled to the common
-/// maximum, summed in order, divided by the rescaled sum.
+/// maxima, then their sums) into the normalized output `y`, in part order, as llama.cpp
+/// reduces its split-KV partials.
 fn merge(parts: &[f32], group: usize, hd: usize, y: &mut [f32]) {
     let per = group * hd + 2 * group;
     let n = parts.len() / per;
     for h in 0..group {
         let stat = |c: usize, k: usize| parts[c * per + group * hd + k * group + h];
-        let m = (0..n).map(|c| stat(c, 0)).fold(f32::NEG_INFINITY, f32::max);
         let y = &mut y[h * hd..(h + 1) * hd];
         y.fill(0.0);
-        let mut sum = 0f32;
+        let (mut m, mut sum) = (f32::NEG_INFINITY, 0f32);
         for c in 0..n {
-            if stat(c, 1) == 0.0 {
+            let (mc, sc) = (stat(c, 0), stat(c, 1));
+            if sc == 0.0 {
                 continue;
             }
-            let f = (stat(c, 0) - m).exp();
-            sum += f * stat(c, 1);
-            ops::axpy(f, &parts[c * per + h * hd..c * per + (h + 1) * hd], y);
+            let mn = m.max(mc);
+            let (so, sn) = ((m - mn).exp(), (mc - mn).exp());
+            let part = &parts[c * per + h * hd..c * per + (h + 1) * hd];
+            for (y, &v) in y.iter_mut().zip(part) {
+                *y = y.mul_add(so, v * sn);
+            }
+            sum = sum.mul_add(so, sc * sn);
+            m = mn;
         }
-        if sum > 0.0 {
+        if sum != 0.0 {
             ops::scale_inplace(y, 1.0 / sum);
         }
     }
+}
+
+/// Which of llama.cpp's two CPU flash-attention kernels a query follows (module docs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Row,
+    Tiled,
 }
 
 /// One unit of attention work: the query heads of KV head `kvh` of token `t` over `span`
@@ -182,6 +226,8 @@ struct Item {
 struct Scratch {
     w: Vec<f32>,
     tmp: Vec<f32>,
+    q: Vec<f32>,
+    y: Vec<f16>,
 }
 
 /// Query heads sharing one KV head, against one sequence's cache.
@@ -194,24 +240,47 @@ struct Part<'a> {
     hd: usize,
     span: std::ops::Range<usize>,
     scale: f32,
+    kernel: Kernel,
 }
 
 impl Part<'_> {
     /// Visits the span block by block: `f(block, first position in it, count)`.
     fn runs(&self, mut f: impl FnMut(usize, usize, usize)) {
-        let mut p = self.span.start;
-        while p < self.span.end {
-            let n = (BLOCK - p % BLOCK).min(self.span.end - p);
+        self.runs_in(self.span.clone(), &mut f);
+    }
+
+    fn runs_in(&self, span: std::ops::Range<usize>, f: &mut impl FnMut(usize, usize, usize)) {
+        let mut p = span.start;
+        while p < span.end {
+            let n = (BLOCK - p % BLOCK).min(span.end - p);
             f(p / BLOCK, p % BLOCK, n);
             p += n;
         }
     }
 
-    /// Scores, softmax and the weighted sum of values, all in `f32`: `q` and `o` hold the
-    /// group's heads one after another; `stats` receives each head's maximum score, then each
-    /// head's sum of weights. With `normalize` the weights are divided by their sum before
-    /// the values are summed (`o` is the attention output); without, `o / sum` is, for merging
-    /// with other parts of the span.
+    /// Scores of the group's heads `q` for the whole span into `w` (`[head][position]`).
+    fn scores(&self, q: &[f32], w: &mut [f32], tmp: &mut Vec<f32>) {
+        let (g, n, lo) = (q.len() / self.hd, self.span.len(), self.span.start);
+        tmp.resize(g * BLOCK, 0.0);
+        self.runs(|b, p0, m| {
+            // This KV head's transposed keys: `[hd][BLOCK]`, from position `p0` of the block.
+            let kt = &self.pool.keys_t(self.seq, self.il, b)[self.kvo * BLOCK + p0..];
+            let out = &mut tmp[..g * m];
+            match self.kernel {
+                Kernel::Row => h::scores_tree(kt, BLOCK, m, q, self.hd, self.scale, out),
+                Kernel::Tiled => h::scores(kt, BLOCK, m, q, self.hd, self.scale, out),
+            }
+            let at = b * BLOCK + p0 - lo;
+            for h in 0..g {
+                w[h * n + at..h * n + at + m].copy_from_slice(&tmp[h * m..(h + 1) * m]);
+            }
+        });
+    }
+
+    /// Attention of the group's heads over the span: `q` and `o` hold the heads one after
+    /// another; `stats` receives each head's maximum score, then each head's sum of weights.
+    /// With `normalize`, `o` is the attention output; without, `o / sum` is, for merging with
+    /// other parts of the span.
     fn attend(
         &self,
         q: &[f32],
@@ -220,34 +289,110 @@ impl Part<'_> {
         normalize: bool,
         scratch: &mut Scratch,
     ) {
-        let (g, n, lo) = (q.len() / self.hd, self.span.len(), self.span.start);
-        let stride = self.pool.kv_dim();
-        let Scratch { w, tmp } = scratch;
-        w.resize(g * n, 0.0);
-        tmp.resize(g * BLOCK, 0.0);
-        self.runs(|b, p0, m| {
-            // This KV head's transposed keys: `[hd][BLOCK]`, from position `p0` of the block.
-            let kt = &self.pool.keys_t(self.seq, self.il, b)[self.kvo * BLOCK + p0..];
-            h::scores(kt, BLOCK, m, q, self.hd, self.scale, &mut tmp[..g * m]);
-            let at = b * BLOCK + p0 - lo;
-            for h in 0..g {
-                w[h * n + at..h * n + at + m].copy_from_slice(&tmp[h * m..(h + 1) * m]);
-            }
-        });
-        for (h, row) in w.chunks_exact_mut(n).enumerate() {
-            (stats[h], stats[g + h]) = ops::exp_shifted(row);
-            if normalize && stats[g + h] > 0.0 {
-                ops::scale_inplace(row, 1.0 / stats[g + h]);
+        let g = q.len() / self.hd;
+        match self.kernel {
+            Kernel::Row => self.attend_row(q, o, stats, scratch),
+            Kernel::Tiled => self.attend_tiled(q, o, stats, scratch),
+        }
+        if normalize {
+            for (h, o) in o.chunks_exact_mut(self.hd).enumerate() {
+                let s = stats[g + h];
+                ops::scale_inplace(o, if s == 0.0 { 0.0 } else { 1.0 / s });
             }
         }
-        o.fill(0.0);
-        self.runs(|b, p0, m| {
-            let at = b * BLOCK + p0 - lo;
-            for h in 0..g {
-                tmp[h * m..(h + 1) * m].copy_from_slice(&w[h * n + at..h * n + at + m]);
-            }
+    }
+
+    /// llama.cpp's one-row kernel: position by position, a new maximum rescales the `f16`
+    /// accumulator, every value row is added to it with its weight `e^(s - max)`.
+    fn attend_row(&self, q: &[f32], o: &mut [f32], stats: &mut [f32], scratch: &mut Scratch) {
+        let (hd, n, lo) = (self.hd, self.span.len(), self.span.start);
+        let g = q.len() / hd;
+        let stride = self.pool.kv_dim();
+        let Scratch { w, tmp, q: qh, y } = scratch;
+        qh.clear();
+        qh.extend(q.iter().map(|&v| f16::from_f32(v).to_f32()));
+        w.resize(g * n, 0.0);
+        self.scores(qh, w, tmp);
+        y.clear();
+        y.resize(g * hd, f16::ZERO);
+        let (m, s) = stats.split_at_mut(g);
+        m.fill(f32::NEG_INFINITY);
+        s.fill(0.0);
+        self.runs(|b, p0, cnt| {
             let rows = &self.pool.values_from(self.seq, self.il, b * BLOCK + p0)[self.kvo..];
-            h::accumulate(rows, stride, m, &tmp[..g * m], self.hd, o);
+            for i in 0..cnt {
+                let v = &rows[i * stride..i * stride + hd];
+                let at = b * BLOCK + p0 + i - lo;
+                for h in 0..g {
+                    let (sc, yh) = (w[h * n + at], &mut y[h * hd..(h + 1) * hd]);
+                    let (ms, vs) = if sc > m[h] {
+                        let ms = (m[h] - sc).exp();
+                        m[h] = sc;
+                        h::scale_f16(yh, ms);
+                        (ms, 1.0)
+                    } else {
+                        (1.0, (sc - m[h]).exp())
+                    };
+                    h::mad_f16(yh, v, vs);
+                    s[h] = s[h].mul_add(ms, vs);
+                }
+            }
         });
+        for (o, y) in o.iter_mut().zip(y.iter()) {
+            *o = y.to_f32();
+        }
+    }
+
+    /// llama.cpp's tiled kernel: 64-position tiles (at multiples of 64), each raising the
+    /// running maximum once, its weights from the vectorized `exp` summed 16 at a time in
+    /// `f64`, its values added to an `f32` accumulator.
+    fn attend_tiled(&self, q: &[f32], o: &mut [f32], stats: &mut [f32], scratch: &mut Scratch) {
+        let (hd, n, lo, end) = (self.hd, self.span.len(), self.span.start, self.span.end);
+        let g = q.len() / hd;
+        let stride = self.pool.kv_dim();
+        let Scratch { w, tmp, .. } = scratch;
+        w.resize(g * n, 0.0);
+        self.scores(q, w, tmp);
+        let (m, s) = stats.split_at_mut(g);
+        m.fill(f32::NEG_INFINITY);
+        s.fill(0.0);
+        o.fill(0.0);
+        let mut t0 = lo / TILE * TILE;
+        let mut e = vec![0f32; g * TILE];
+        while t0 < end {
+            let (a, b) = (t0.max(lo), (t0 + TILE).min(end));
+            for h in 0..g {
+                let sl = &w[h * n + a - lo..h * n + b - lo];
+                let eh = &mut e[h * TILE..(h + 1) * TILE];
+                let top = sl.iter().fold(f32::NEG_INFINITY, |x, &v| x.max(v));
+                let mn = m[h].max(top);
+                if mn > m[h] {
+                    let ms = (m[h] - mn).exp();
+                    ops::scale_inplace(&mut o[h * hd..(h + 1) * hd], ms);
+                    s[h] *= ms;
+                }
+                m[h] = mn;
+                eh.fill(0.0);
+                for (p, &v) in (a..b).zip(sl) {
+                    eh[p - t0] = ops::exp_approx(v - mn);
+                }
+                let sum: f64 = eh
+                    .chunks_exact(16)
+                    .map(|c| h::reduce16(c.try_into().unwrap()) as f64)
+                    .sum();
+                s[h] = (s[h] as f64 + sum) as f32;
+            }
+            let mut wt = Vec::with_capacity(g * BLOCK);
+            self.runs_in(a..b, &mut |blk, p0, cnt| {
+                let first = blk * BLOCK + p0;
+                wt.clear();
+                for h in 0..g {
+                    wt.extend_from_slice(&e[h * TILE + first - t0..h * TILE + first - t0 + cnt]);
+                }
+                let rows = &self.pool.values_from(self.seq, self.il, first)[self.kvo..];
+                h::accumulate(rows, stride, cnt, &wt, hd, o);
+            });
+            t0 += TILE;
+        }
     }
 }

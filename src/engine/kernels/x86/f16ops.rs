@@ -106,6 +106,12 @@ unsafe fn accumulate_pass<const V: usize, const H: usize>(
 ) {
     let hd = 16 * V;
     let mut a = [[_mm512_setzero_ps(); V]; H];
+    for (h, a) in a.iter_mut().enumerate() {
+        for (j, a) in a.iter_mut().enumerate() {
+            // SAFETY: head `h0 + h` of `acc` has `hd` floats.
+            *a = unsafe { _mm512_loadu_ps(acc.as_ptr().add((h0 + h) * hd + 16 * j)) };
+        }
+    }
     for p in 0..n {
         let mut v = [_mm512_setzero_ps(); V];
         for (j, v) in v.iter_mut().enumerate() {
@@ -123,8 +129,7 @@ unsafe fn accumulate_pass<const V: usize, const H: usize>(
         for (j, &a) in a.iter().enumerate() {
             // SAFETY: head `h0 + h` of `acc` has `hd` floats.
             unsafe {
-                let o = acc.as_mut_ptr().add((h0 + h) * hd + 16 * j);
-                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), a));
+                _mm512_storeu_ps(acc.as_mut_ptr().add((h0 + h) * hd + 16 * j), a);
             }
         }
     }
@@ -183,6 +188,84 @@ pub unsafe fn accumulate(
                     }
                 }
             }
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL; the lengths `f16ops::scores_tree` checks; `hd` a multiple of 64.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn scores_tree(
+    kt: &[f16],
+    stride: usize,
+    n: usize,
+    q: &[f32],
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let g = q.len() / hd;
+    let vs = _mm512_set1_ps(scale);
+    for p0 in (0..n).step_by(16) {
+        let lanes = (n - p0).min(16);
+        let m = ((1u32 << lanes) - 1) as u16;
+        for h in 0..g {
+            let q = &q[h * hd..(h + 1) * hd];
+            let mut c = [_mm512_setzero_ps(); 16];
+            for (l, c) in c.iter_mut().enumerate() {
+                let mut s = [_mm512_setzero_ps(); 4];
+                for st in (0..hd).step_by(64) {
+                    for (j, s) in s.iter_mut().enumerate() {
+                        let i = st + 16 * j + l;
+                        // SAFETY: `i * stride + p0 + lanes <= kt.len()` (checked by the caller).
+                        let k = unsafe { load16(kt.as_ptr().add(i * stride + p0), lanes) };
+                        *s = _mm512_fmadd_ps(k, _mm512_set1_ps(q[i]), *s);
+                    }
+                }
+                *c = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]));
+            }
+            let t: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(c[i + 8], c[i]));
+            let u: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(t[i + 4], t[i]));
+            let r = _mm512_add_ps(_mm512_add_ps(u[0], u[2]), _mm512_add_ps(u[1], u[3]));
+            // SAFETY: `lanes` floats from `h * n + p0` lie inside `out`.
+            unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(h * n + p0), m, _mm512_mul_ps(r, vs)) };
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL; `y.len() == x.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn mad_f16(y: &mut [f16], x: &[f16], v: f32) {
+    let vv = _mm512_set1_ps(v);
+    let n = y.len();
+    for i in (0..n).step_by(16) {
+        let k = (n - i).min(16);
+        let m = ((1u32 << k) - 1) as u16;
+        // SAFETY: `k` halves at `i` in both slices.
+        unsafe {
+            let a = load16(y.as_ptr().add(i), k);
+            let b = load16(x.as_ptr().add(i), k);
+            let r = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_fmadd_ps(b, vv, a));
+            _mm256_mask_storeu_epi16(y.as_mut_ptr().add(i).cast(), m, r);
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn scale_f16(y: &mut [f16], v: f32) {
+    let vv = _mm512_set1_ps(v);
+    let n = y.len();
+    for i in (0..n).step_by(16) {
+        let k = (n - i).min(16);
+        let m = ((1u32 << k) - 1) as u16;
+        // SAFETY: `k` halves at `i`.
+        unsafe {
+            let a = load16(y.as_ptr().add(i), k);
+            let r = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_mul_ps(a, vv));
+            _mm256_mask_storeu_epi16(y.as_mut_ptr().add(i).cast(), m, r);
         }
     }
 }
