@@ -110,22 +110,21 @@ fn check(model_name: &str, file: &str, min_top1: f64, min_strict: f64) {
 
 #[test]
 fn smollm2_matches_llama_cpp() {
-    // SmolLM2-135M at Q4_1 is chaotic under rounding: a perturbation at the last bit of one
-    // matrix product flips a few of the 8-bit activation roundings downstream, and 30 layers
-    // amplify those to ~0.04 nat on average. llama.cpp itself, with flash attention off instead
-    // of on, moves these references by as much; ward agrees with them at 87-90% of decisive steps
-    // (BENCHMARKS.md, "Parity"). These bars guard against regressions below that band; the
-    // issue's 99% would take bit-exact emulation of ggml's summation orders.
-    check("smollm2-135m-instruct", "smollm2-shared.json", 0.97, 0.85);
+    // ward computes as llama.cpp's CPU backend does (summation orders of its quantized dot
+    // products and of its flash attention), so on this model the results agree to the last bit
+    // on x86-64 with AVX-512 (measured: 430/430, worst gap 0.0001 nat). Elsewhere the orders
+    // differ, and SmolLM2 amplifies last-bit differences to ~0.04 nat (BENCHMARKS.md, "Parity").
+    check("smollm2-135m-instruct", "smollm2-shared.json", 0.99, 0.99);
 }
 
 #[test]
 fn qwen05_matches_llama_cpp() {
-    // Measured: top-1 100%, within 0.1 nat 98.9-99.7% (the last few steps sit at 0.10-0.15).
+    // Measured: top-1 371/371, within 0.1 nat 368/371 (its K-quant products still sum in
+    // ward's own order).
     check(
         "qwen2.5-coder-0.5b-instruct",
         "qwen05-shared.json",
         0.99,
-        0.985,
+        0.99,
     );
 }

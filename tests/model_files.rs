@@ -216,13 +216,18 @@ fn forked_prefix_gives_same_logits() {
         .forward(&Batch::single(&tail, 50), &mut pool, &mut forked)
         .unwrap();
     let full = logits_alone(m.as_ref(), &[&prompt[..50], &tail[..]].concat());
-    assert!(out.iter().zip(&full).all(|(x, y)| (x - y).abs() < 1e-3));
+    // A run of 64 or more tokens of one sequence takes the tiled attention kernel (`f32`
+    // accumulator), a shorter one the one-row kernel (`f16` accumulator), as in llama.cpp; so
+    // a prefix cached from a long prefill and the same prefix recomputed in a short one agree
+    // to `f16` precision, not to the bit (logits here are at most ~0.5).
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 5e-3);
+    assert!(close(&out, &full));
     // The original sequence is untouched by the fork's writes.
     let next = m
         .forward(&Batch::single(&[9], 70), &mut pool, &mut base)
         .unwrap();
     let again = logits_alone(m.as_ref(), &[prompt.clone(), vec![9]].concat());
-    assert!(next.iter().zip(&again).all(|(x, y)| (x - y).abs() < 1e-3));
+    assert!(close(&next, &again));
 }
 
 #[test]

@@ -98,6 +98,20 @@ pub fn scores_tree(
         // SAFETY: AVX-512 F/BW/VL detected; lengths checked above; `hd` a multiple of 64.
         return unsafe { simd::scores_tree(kt, stride, n, q, hd, scale, out) };
     }
+    scores_tree_scalar(kt, stride, n, q, hd, scale, out)
+}
+
+/// The portable [`scores_tree`] (the reference its SIMD path must equal bit for bit).
+fn scores_tree_scalar(
+    kt: &[f16],
+    stride: usize,
+    n: usize,
+    q: &[f32],
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let g = q.len() / hd;
     let np = hd & !63;
     for h in 0..g {
         let q = &q[h * hd..(h + 1) * hd];
@@ -115,8 +129,8 @@ pub fn scores_tree(
             let c: [f32; 16] =
                 std::array::from_fn(|l| (sum[0][l] + sum[2][l]) + (sum[1][l] + sum[3][l]));
             let mut s = reduce16(&c) as f64;
-            for i in np..hd {
-                s += (k(i) * q[i]) as f64;
+            for (i, &qi) in q.iter().enumerate().skip(np) {
+                s += (k(i) * qi) as f64;
             }
             out[h * n + p] = s as f32 * scale;
         }
@@ -132,6 +146,10 @@ pub fn mad_f16(y: &mut [f16], x: &[f16], v: f32) {
         // SAFETY: AVX-512 F/BW/VL detected; equal lengths.
         return unsafe { simd::mad_f16(y, x, v) };
     }
+    mad_f16_scalar(y, x, v)
+}
+
+fn mad_f16_scalar(y: &mut [f16], x: &[f16], v: f32) {
     for (y, x) in y.iter_mut().zip(x) {
         *y = f16::from_f32(x.to_f32().mul_add(v, y.to_f32()));
     }
@@ -144,6 +162,10 @@ pub fn scale_f16(y: &mut [f16], v: f32) {
         // SAFETY: AVX-512 F/BW/VL detected.
         return unsafe { simd::scale_f16(y, v) };
     }
+    scale_f16_scalar(y, v)
+}
+
+fn scale_f16_scalar(y: &mut [f16], v: f32) {
     for y in y.iter_mut() {
         *y = f16::from_f32(y.to_f32() * v);
     }
@@ -184,6 +206,57 @@ mod tests {
 
     fn halves(x: &[f32]) -> Vec<f16> {
         x.iter().map(|&v| f16::from_f32(v)).collect()
+    }
+
+    #[test]
+    fn llama_cpp_order_kernels_equal_their_portable_versions() {
+        // The SIMD paths must give the very bits of the portable ones (llama.cpp's order).
+        for (hd, g, n) in [
+            (64, 3, 32),
+            (64, 1, 7),
+            (128, 2, 19),
+            (256, 1, 16),
+            (40, 2, 5),
+        ] {
+            let stride = 32;
+            let kt = halves(&data(hd * stride, 7));
+            let q: Vec<f32> = data(g * hd, 8)
+                .iter()
+                .map(|&v| f16::from_f32(v).to_f32())
+                .collect();
+            let (mut a, mut b) = (vec![0f32; g * n], vec![0f32; g * n]);
+            scores_tree(&kt, stride, n, &q, hd, 0.125, &mut a);
+            scores_tree_scalar(&kt, stride, n, &q, hd, 0.125, &mut b);
+            assert_eq!(a, b, "scores_tree {hd} {g} {n}");
+            let x = halves(&data(hd, 9));
+            let (mut y1, mut y2) = (halves(&data(hd, 10)), halves(&data(hd, 10)));
+            mad_f16(&mut y1, &x, 0.37);
+            mad_f16_scalar(&mut y2, &x, 0.37);
+            scale_f16(&mut y1, 0.61);
+            scale_f16_scalar(&mut y2, 0.61);
+            assert_eq!(y1, y2, "mad/scale {hd}");
+        }
+    }
+
+    #[test]
+    fn tree_order_sums_the_dot_product() {
+        let (hd, stride) = (128, 32);
+        let kt = halves(&data(hd * stride, 11));
+        let q: Vec<f32> = data(hd, 12)
+            .iter()
+            .map(|&v| f16::from_f32(v).to_f32())
+            .collect();
+        let mut s = vec![0f32; 4];
+        scores_tree(&kt, stride, 4, &q, hd, 1.0, &mut s);
+        for (p, &s) in s.iter().enumerate() {
+            let want: f64 = (0..hd)
+                .map(|i| kt[i * stride + p].to_f64() * q[i] as f64)
+                .sum();
+            assert!(
+                (s as f64 - want).abs() < 1e-4 * want.abs().max(1.0),
+                "{s} vs {want}"
+            );
+        }
     }
 
     #[test]

@@ -140,6 +140,14 @@ fn gelu_mul_impl(gate: &mut [f32], up: &[f32]) {
 }
 
 #[inline(always)]
+fn exp_minus_impl(x: &[f32], m: f32, out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "exp_minus: lengths");
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = exp_approx(v - m);
+    }
+}
+
+#[inline(always)]
 fn exp_shifted_impl(x: &mut [f32]) -> (f32, f32) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     if max == f32::NEG_INFINITY {
@@ -194,6 +202,10 @@ multiversion!(
     /// softmaxes computed in parts and merged (`max` is `-inf` and nothing changes when every
     /// input is).
     pub fn exp_shifted(x: &mut [f32]) -> (f32, f32) => exp_shifted_impl
+);
+multiversion!(
+    /// `out[i] = e^(x[i] - m)` with [`exp_approx`].
+    pub fn exp_minus(x: &[f32], m: f32, out: &mut [f32]) => exp_minus_impl
 );
 multiversion!(
     /// Rotates each `hd`-wide head of `row` by the angles whose cosines and sines are given:

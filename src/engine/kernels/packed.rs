@@ -5,8 +5,9 @@
 //! In the GGUF layout each row's dot product ends in horizontal sums and per-block scaling of
 //! 8-lane partial sums. Interleaving 16 rows so that one 64-byte vector holds 4 consecutive
 //! values of each of 16 rows lets `vpdpbusd` against a broadcast 4-byte activation group
-//! accumulate all 16 rows at once, one lane per row, and scale them with one vector multiply per
-//! block: about a quarter of the instructions for a decode step and half for prefill.
+//! compute one 4-value partial sum of all 16 rows at once, one lane per row, with no shuffles
+//! or horizontal sums. The 32-wide formats keep llama.cpp's eight per-block partial sums apart
+//! (its rounding order, see `x86/avx512_packed.rs`); the K-quants fold them in integers.
 //!
 //! Tile `t` (rows `16t..16t+16`, zero rows past the end) holds, for each block column `b`:
 //! `d` (16 × `f16`), `m` (16 × `f16`, `Q4_1`/`Q5_1`), the fifth bits (8 × `u64` masks,

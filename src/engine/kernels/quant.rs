@@ -55,6 +55,7 @@ pub fn quantize_q8s_scalar(x: &[f32], out: &mut [BlockQ8s], min: bool) {
         }
         b.d = half_round(d);
         b.s = block_sum(d, sum, min);
+        b.set_group_sums();
     }
 }
 

@@ -325,16 +325,18 @@ impl Part<'_> {
                 let at = b * BLOCK + p0 + i - lo;
                 for h in 0..g {
                     let (sc, yh) = (w[h * n + at], &mut y[h * hd..(h + 1) * hd]);
-                    let (ms, vs) = if sc > m[h] {
+                    // The sum is `fma(sum, ms, vs)`, where one of the two factors is 1.
+                    if sc > m[h] {
                         let ms = (m[h] - sc).exp();
                         m[h] = sc;
                         h::scale_f16(yh, ms);
-                        (ms, 1.0)
+                        h::mad_f16(yh, v, 1.0);
+                        s[h] = s[h].mul_add(ms, 1.0);
                     } else {
-                        (1.0, (sc - m[h]).exp())
-                    };
-                    h::mad_f16(yh, v, vs);
-                    s[h] = s[h].mul_add(ms, vs);
+                        let vs = (sc - m[h]).exp();
+                        h::mad_f16(yh, v, vs);
+                        s[h] += vs;
+                    }
                 }
             }
         });
@@ -373,9 +375,7 @@ impl Part<'_> {
                 }
                 m[h] = mn;
                 eh.fill(0.0);
-                for (p, &v) in (a..b).zip(sl) {
-                    eh[p - t0] = ops::exp_approx(v - mn);
-                }
+                ops::exp_minus(sl, mn, &mut eh[a - t0..b - t0]);
                 let sum: f64 = eh
                     .chunks_exact(16)
                     .map(|c| h::reduce16(c.try_into().unwrap()) as f64)

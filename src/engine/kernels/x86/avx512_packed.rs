@@ -24,9 +24,15 @@ fn prefetch<const T: usize>(col: *const u8, bytes: usize) {
 /// Bytes of one activation block.
 const XB: usize = std::mem::size_of::<BlockQ8s>();
 
+/// The 32-wide formats in llama.cpp's summation order (`ggml_vec_dot_q4_1_q8_1` and its
+/// siblings, AVX2/VNNI build), so that products round as the reference engine's do: per row,
+/// eight 4-value integer sums per block (offsets taken off in integers), each scaled and
+/// accumulated in its own `f32` lane across the blocks, the lanes folded as `hsum_float_8`
+/// folds them, then the separately accumulated minimum term added. Two tokens at a time: the
+/// eight lanes of 16 rows fill the registers.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_t<const T: usize>(
+unsafe fn tile_x<const T: usize>(
     lay: &Layout,
     tile: &[u8],
     a: &[u8],
@@ -36,20 +42,23 @@ unsafe fn tile_t<const T: usize>(
     let nb = tile.len() / lay.bytes;
     assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * XB);
     let q8 = lay.bytes - lay.values_at == 32 * R;
-    let mut acc = [_mm512_setzero_ps(); T];
+    let neg_off = _mm256_set1_epi32(-(lay.offset as i32));
+    let zero = _mm512_setzero_si512();
+    let mut acc = [[_mm512_setzero_ps(); 8]; T];
+    let mut summ = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
         prefetch::<T>(col, lay.bytes);
         // SAFETY: `col` is one whole block column (`lay.bytes` bytes); offsets follow `Layout`.
-        let (dw, c, wv) = unsafe {
+        let (dw, m, wv) = unsafe {
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
-            let c = if lay.min {
+            let m = if lay.min {
                 _mm512_cvtph_ps(_mm256_loadu_si256(col.add(lay.m_at).cast()))
             } else {
-                _mm512_mul_ps(dw, _mm512_set1_ps(-lay.offset))
+                _mm512_setzero_ps()
             };
             let v = col.add(lay.values_at);
-            let mut wv = [_mm512_setzero_si512(); 8];
+            let mut wv = [zero; 8];
             if q8 {
                 for (j, w) in wv.iter_mut().enumerate() {
                     *w = _mm512_loadu_si512(v.add(64 * j).cast());
@@ -69,25 +78,43 @@ unsafe fn tile_t<const T: usize>(
                     }
                 }
             }
-            (dw, c, wv)
+            (dw, m, wv)
         };
         for t in 0..T {
             // SAFETY: block `b` of token `t` lies inside `a` (asserted).
             let x = unsafe { &*a.as_ptr().add(t * arow + b * XB).cast::<BlockQ8s>() };
-            let mut s = _mm512_setzero_si512();
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.d));
+            // Offset formats: each lane starts from `-offset · Σ` of its 4 activations.
+            let mut init = [0i32; 8];
+            if !lay.min {
+                // SAFETY: `s4` is 8 `i16`s; `init` 8 `i32`s.
+                unsafe {
+                    let s4 = _mm256_cvtepi16_epi32(_mm_loadu_si128(x.s4.as_ptr().cast()));
+                    let c = _mm256_mullo_epi32(s4, neg_off);
+                    _mm256_storeu_si256(init.as_mut_ptr().cast(), c);
+                }
+            }
             for (j, &w) in wv.iter().enumerate() {
                 // SAFETY: 4 bytes at `4j` of the 32 values.
                 let g = unsafe { x.qs.as_ptr().add(4 * j).cast::<i32>().read_unaligned() };
-                s = _mm512_dpbusd_epi32(s, w, _mm512_set1_epi32(g));
+                let s = _mm512_dpbusd_epi32(_mm512_set1_epi32(init[j]), w, _mm512_set1_epi32(g));
+                acc[t][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[t][j]);
             }
-            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.d));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[t]);
-            acc[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(x.s), acc[t]);
+            if lay.min {
+                summ[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), summ[t]);
+            }
         }
     }
     for t in 0..T {
+        let a = &acc[t];
+        let lo = _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6]));
+        let hi = _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7]));
+        let mut r = _mm512_add_ps(lo, hi);
+        if lay.min {
+            r = _mm512_add_ps(r, summ[t]);
+        }
         // SAFETY: 16 floats.
-        unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]) };
+        unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), r) };
     }
 }
 
@@ -306,7 +333,15 @@ pub unsafe fn tile(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, out: &mut [
             _ if lay.q6 => by_tokens!(tile_q6),
             (true, true) => by_tokens!(tile_k, true),
             (true, false) => by_tokens!(tile_k, false),
-            _ => by_tokens!(tile_t),
+            _ => {
+                for (c, o) in out.chunks_mut(2).enumerate() {
+                    let a = &a[2 * c * arow..];
+                    match o.len() {
+                        1 => tile_x::<1>(lay, tile, a, arow, o),
+                        _ => tile_x::<2>(lay, tile, a, arow, o),
+                    }
+                }
+            }
         }
     }
 }

@@ -228,7 +228,9 @@ pub unsafe fn scores_tree(
             let u: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(t[i + 4], t[i]));
             let r = _mm512_add_ps(_mm512_add_ps(u[0], u[2]), _mm512_add_ps(u[1], u[3]));
             // SAFETY: `lanes` floats from `h * n + p0` lie inside `out`.
-            unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(h * n + p0), m, _mm512_mul_ps(r, vs)) };
+            unsafe {
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add(h * n + p0), m, _mm512_mul_ps(r, vs))
+            };
         }
     }
 }

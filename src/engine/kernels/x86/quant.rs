@@ -113,5 +113,6 @@ pub unsafe fn quantize_q8s(x: &[f32], out: &mut [BlockQ8s], min: bool) {
         }
         b.d = half_round(d);
         b.s = block_sum(d, sum, min);
+        b.set_group_sums();
     }
 }
