@@ -124,24 +124,24 @@ impl BlockQ8x2 {
     }
 }
 
-/// Signed activations for the packed 32-wide kernels: `x ≈ d * qs`, `s = d * Σ qs`, and the
-/// sums of each 4-value group `s4[j] = Σ qs[4j..4j+4]` (for taking weight offsets off in
-/// integers).
+/// Signed activations for the packed 32-wide kernels: `x ≈ d * qs`, `s = d * Σ qs`, and per
+/// 4-value group `c4[j] = Σ qs[4j..4j+4]`, which the packed kernels scale by the weights'
+/// offset in place (to take it off in integers, see `x86/avx512_packed.rs`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct BlockQ8s {
     pub qs: [i8; 32],
     pub d: f32,
     pub s: f32,
-    pub s4: [i16; 8],
+    pub c4: [i32; 8],
 }
 
 impl BlockQ8s {
-    /// Fills `s4` from `qs`.
+    /// Fills `c4` from `qs`.
     #[inline(always)]
     pub fn set_group_sums(&mut self) {
-        for (j, s) in self.s4.iter_mut().enumerate() {
-            *s = self.qs[4 * j..4 * j + 4].iter().map(|&q| q as i16).sum();
+        for (j, c) in self.c4.iter_mut().enumerate() {
+            *c = self.qs[4 * j..4 * j + 4].iter().map(|&q| q as i32).sum();
         }
     }
 }
@@ -269,7 +269,7 @@ mod tests {
         assert_eq!(size_of::<BlockQ5K>(), 176);
         assert_eq!(size_of::<BlockQ6K>(), 210);
         assert_eq!(size_of::<BlockQ8x2>(), 192);
-        assert_eq!(size_of::<BlockQ8s>(), 56);
+        assert_eq!(size_of::<BlockQ8s>(), 72);
         assert_eq!(size_of::<BlockQ8K>(), 320);
     }
 }

@@ -155,8 +155,8 @@ fn has_min(dtype: GgmlDType) -> bool {
 }
 
 /// Quantizes the `x.len() / cols` activation rows to `act` in a per-thread scratch buffer
-/// and runs `f(rows, bytes_per_row)` on them; `min` as for [`has_min`].
-fn with_activations(act: Act, min: bool, x: &[f32], cols: usize, f: impl FnOnce(&[u8], usize)) {
+/// and runs `f(rows, bytes_per_row)` on them (which may rewrite them); `min` as for [`has_min`].
+fn with_activations(act: Act, min: bool, x: &[f32], cols: usize, f: impl FnOnce(&mut [u8], usize)) {
     let n = x.len() / cols;
     let arow = act.row_bytes(cols);
     let mut scratch = SCRATCH.with_borrow_mut(std::mem::take);

@@ -425,6 +425,14 @@ pub(crate) fn matmul_packed_isa(w: &PackedMatrix, x: &[f32], n: usize, out: &mut
     let (lay, kernel, rows) = (w.layout(), tile_kernel(isa), w.rows);
     let act = if lay.kquant { Act::Q8K } else { Act::Q8S };
     with_activations(act, has_min(w.dtype), x, w.cols, |act, arow| {
+        if !lay.kquant && !lay.min {
+            // Each lane of an offset format's sum starts from `-offset · Σ` of its activations.
+            let off = lay.offset as i32;
+            for b in super::blocks::cast_mut::<BlockQ8s>(act) {
+                b.c4.iter_mut().for_each(|c| *c *= -off);
+            }
+        }
+        let act = &*act;
         let tiles = rows.div_ceil(R);
         let (tr, tt) = if n == 1 {
             ((tiles / (pool::threads() * 8)).clamp(1, 32), 1)

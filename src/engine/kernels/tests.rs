@@ -350,7 +350,7 @@ fn activation_quantization_paths_agree() {
         qs: [0; 32],
         d: 0.0,
         s: 0.0,
-        s4: [0; 8],
+        c4: [0; 8],
     };
     let (mut a, mut b) = (vec![z; 4864 / 32], vec![z; 4864 / 32]);
     for min in [false, true] {

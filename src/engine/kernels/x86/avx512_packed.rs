@@ -42,7 +42,6 @@ unsafe fn tile_x<const T: usize>(
     let nb = tile.len() / lay.bytes;
     assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * XB);
     let q8 = lay.bytes - lay.values_at == 32 * R;
-    let neg_off = _mm256_set1_epi32(-(lay.offset as i32));
     let zero = _mm512_setzero_si512();
     let mut acc = [[_mm512_setzero_ps(); 8]; T];
     let mut summ = [_mm512_setzero_ps(); T];
@@ -84,20 +83,17 @@ unsafe fn tile_x<const T: usize>(
             // SAFETY: block `b` of token `t` lies inside `a` (asserted).
             let x = unsafe { &*a.as_ptr().add(t * arow + b * XB).cast::<BlockQ8s>() };
             let scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.d));
-            // Offset formats: each lane starts from `-offset · Σ` of its 4 activations.
-            let mut init = [0i32; 8];
-            if !lay.min {
-                // SAFETY: `s4` is 8 `i16`s; `init` 8 `i32`s.
-                unsafe {
-                    let s4 = _mm256_cvtepi16_epi32(_mm_loadu_si128(x.s4.as_ptr().cast()));
-                    let c = _mm256_mullo_epi32(s4, neg_off);
-                    _mm256_storeu_si256(init.as_mut_ptr().cast(), c);
-                }
-            }
             for (j, &w) in wv.iter().enumerate() {
                 // SAFETY: 4 bytes at `4j` of the 32 values.
                 let g = unsafe { x.qs.as_ptr().add(4 * j).cast::<i32>().read_unaligned() };
-                let s = _mm512_dpbusd_epi32(_mm512_set1_epi32(init[j]), w, _mm512_set1_epi32(g));
+                // Offset formats: each lane starts from `-offset · Σ` of its 4 activations
+                // (`c4`, scaled by `matmul_packed`).
+                let init = if lay.min {
+                    zero
+                } else {
+                    _mm512_set1_epi32(x.c4[j])
+                };
+                let s = _mm512_dpbusd_epi32(init, w, _mm512_set1_epi32(g));
                 acc[t][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[t][j]);
             }
             if lay.min {
