@@ -358,10 +358,21 @@ fn pack_tile(w: &QMatrix, lay: &Layout, t: usize, tile: &mut [u8]) {
 
 /// One row tile × `out.len()` tokens (1 to [`isa::MAX_TOKENS`]): `out[t][r] = W[16 tile + r] ·
 /// a[t]`, with `a` holding [`BlockQ8s`] (32-wide formats) or [`BlockQ8K`] rows `arow` apart.
-pub type TileFn = unsafe fn(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, out: &mut [[f32; R]]);
+/// `gemm`: how many of the leading tokens take llama.cpp's multi-row order for `Q4_K` and
+/// `Q6_K` (whose kernels for batches sum in another order than its one-row kernels); other
+/// formats ignore it.
+pub type TileFn =
+    unsafe fn(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, gemm: usize, out: &mut [[f32; R]]);
 
 /// Portable reference for the packed kernels.
-fn tile_scalar(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, out: &mut [[f32; R]]) {
+fn tile_scalar(
+    lay: &Layout,
+    tile: &[u8],
+    a: &[u8],
+    arow: usize,
+    _gemm: usize,
+    out: &mut [[f32; R]],
+) {
     if lay.kquant {
         for (t, o) in out.iter_mut().enumerate() {
             let x: &[BlockQ8K] = super::blocks::cast(&a[t * arow..(t + 1) * arow]);
@@ -424,6 +435,13 @@ pub(crate) fn matmul_packed_isa(w: &PackedMatrix, x: &[f32], n: usize, out: &mut
     }
     let (lay, kernel, rows) = (w.layout(), tile_kernel(isa), w.rows);
     let act = if lay.kquant { Act::Q8K } else { Act::Q8S };
+    // Tokens that take llama.cpp's multi-row order (`TileFn`): its repacked `Q4_K` kernel
+    // takes them four at a time, its tiled K-quant kernel takes `Q6_K` batches of 8 or more.
+    let multi = match w.dtype {
+        GgmlDType::Q4K => n - n % 4,
+        GgmlDType::Q6K if n >= 8 => n,
+        _ => 0,
+    };
     with_activations(act, has_min(w.dtype), x, w.cols, |act, arow| {
         if !lay.kquant && !lay.min {
             // Each lane of an offset format's sum starts from `-offset · Σ` of its activations.
@@ -452,8 +470,9 @@ pub(crate) fn matmul_packed_isa(w: &PackedMatrix, x: &[f32], n: usize, out: &mut
                         let k = (t_end - t0).min(isa::MAX_TOKENS);
                         let mut v = [[0f32; R]; isa::MAX_TOKENS];
                         let a = &act[t0 * arow..(t0 + k) * arow];
+                        let gemm = multi.saturating_sub(t0).min(k);
                         // SAFETY: the kernel matches an ISA this CPU supports.
-                        unsafe { kernel(&lay, w.tile(tile), a, arow, &mut v[..k]) };
+                        unsafe { kernel(&lay, w.tile(tile), a, arow, gemm, &mut v[..k]) };
                         let live = (rows - tile * R).min(R);
                         for (j, v) in v[..k].iter().enumerate() {
                             // SAFETY: each (t, row) belongs to one claimed chunk; the `live`

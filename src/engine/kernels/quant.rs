@@ -98,19 +98,26 @@ pub fn quantize_q8k_scalar(x: &[f32], out: &mut [BlockQ8K]) {
     assert_eq!(x.len(), out.len() * QK_K);
     for (xs, b) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let (d, id) = scales(amax);
+        let (_, id) = scales(amax);
         for (q, &v) in b.qs.iter_mut().zip(xs) {
             *q = (v * id).round_ties_even() as i8;
         }
         for (g, s) in b.bsums.iter_mut().enumerate() {
             *s = b.qs[16 * g..16 * g + 16].iter().map(|&q| q as i16).sum();
         }
-        b.d = d;
+        b.d = q8k_scale(id);
         for g in 0..8 {
             b.bsum32[g] = b.bsums[2 * g] + b.bsums[2 * g + 1];
         }
         b.pad = [0; 12];
     }
+}
+
+/// A `Q8_K` block's scale from its inverse, as llama.cpp's `quantize_row_q8_K` rounds it
+/// (`1 / (127 / amax)`, not `amax / 127`, which differs in the last bit now and then).
+#[inline(always)]
+pub fn q8k_scale(id: f32) -> f32 {
+    if id == 0.0 { 0.0 } else { 1.0 / id }
 }
 
 /// Rounds an activation block's scale to half precision, as GGUF's `Q8_0` / `Q8_1` blocks

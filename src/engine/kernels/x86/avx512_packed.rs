@@ -123,6 +123,7 @@ unsafe fn tile_k<const T: usize, const Q5: bool>(
     tile: &[u8],
     a: &[u8],
     arow: usize,
+    gemm: usize,
     out: &mut [[f32; R]],
 ) {
     const XK: usize = std::mem::size_of::<BlockQ8K>();
@@ -130,7 +131,15 @@ unsafe fn tile_k<const T: usize, const Q5: bool>(
     assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * XK);
     assert!((a.as_ptr() as usize).is_multiple_of(64) && arow.is_multiple_of(64));
     let m4 = _mm512_set1_epi8(0x0F);
+    // `Q4_K` keeps llama.cpp's order: the minimum terms in their own accumulator, subtracted at
+    // the end; its multi-row kernel (the first `gemm` tokens) scales and accumulates every
+    // 64 values, its one-row kernel every block. (`Q5_K` folds both into one accumulator.)
     let mut acc = [_mm512_setzero_ps(); T];
+    let mut accm = [_mm512_setzero_ps(); T];
+    let bsum_pair = |x: &BlockQ8K, p: usize| {
+        // SAFETY: two `i16` sums at `2p` of 16.
+        _mm512_set1_epi32(unsafe { x.bsum32.as_ptr().add(2 * p).cast::<i32>().read_unaligned() })
+    };
     for b in 0..nb {
         let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
         prefetch::<T>(col, lay.bytes);
@@ -192,113 +201,153 @@ unsafe fn tile_k<const T: usize, const Q5: bool>(
                     }
                 }
             }
+            if !Q5 && sb % 2 == 1 {
+                // The end of a 64-value pair of sub-blocks: the multi-row order's step.
+                let p = sb / 2;
+                for t in 0..gemm.min(T) {
+                    let x = x(t);
+                    let im = _mm512_dpwssd_epi32(_mm512_setzero_si512(), mins[p], bsum_pair(x, p));
+                    let xd = _mm512_set1_ps(x.d);
+                    acc[t] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(dv, xd), acc[t]);
+                    accm[t] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(im), _mm512_mul_ps(dmv, xd), accm[t]);
+                    isum[t] = _mm512_setzero_si512();
+                }
+            }
         }
-        for t in 0..T {
+        let first = if Q5 { 0 } else { gemm.min(T) };
+        for t in first..T {
             let x = x(t);
             let mut im = _mm512_setzero_si512();
             for (p, &mv) in mins.iter().enumerate() {
-                // SAFETY: two `i16` sums at `2p`.
-                let bp = unsafe { x.bsum32.as_ptr().add(2 * p).cast::<i32>().read_unaligned() };
-                im = _mm512_dpwssd_epi32(im, mv, _mm512_set1_epi32(bp));
+                im = _mm512_dpwssd_epi32(im, mv, bsum_pair(x, p));
             }
             let xd = _mm512_set1_ps(x.d);
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(dv, xd), acc[t]);
-            acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(im), _mm512_mul_ps(dmv, xd), acc[t]);
+            if Q5 {
+                acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(im), _mm512_mul_ps(dmv, xd), acc[t]);
+            } else {
+                accm[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(im), _mm512_mul_ps(dmv, xd), accm[t]);
+            }
         }
     }
     for t in 0..T {
+        let r = if Q5 {
+            acc[t]
+        } else {
+            _mm512_sub_ps(acc[t], accm[t])
+        };
         // SAFETY: 16 floats.
-        unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]) };
+        unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), r) };
     }
 }
 
-/// `Q6_K` tiles: 4-value partial sums of 6-bit values fill 16 bits, so each 16-value group is
-/// summed in `i32` and scaled in `f32`; the `+32` offset comes off through the activation sums.
+/// `Q6_K` tiles in llama.cpp's order (`ggml_vec_dot_q6_K_q8_K`, AVX2 build): per row, eight
+/// integer lanes per block, lane `l` taking the 4-value groups `l, l + 8, …` of the block, each
+/// times its 16-value group's scale, less `32 · (sc[2l] bsum[2l] + sc[2l+1] bsum[2l+1])`;
+/// each lane scaled and accumulated in its own `f32` accumulator across the blocks, folded as
+/// `hsum_float_8` folds them. One token at a time (the lanes fill the registers).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_q6<const T: usize>(
+unsafe fn tile_q6(
     lay: &Layout,
     tile: &[u8],
     a: &[u8],
     arow: usize,
+    gemm: usize,
     out: &mut [[f32; R]],
 ) {
     const XK: usize = std::mem::size_of::<BlockQ8K>();
     let nb = tile.len() / lay.bytes;
-    assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * XK);
+    let tokens = out.len();
+    assert!(a.len() >= (tokens - 1) * arow + nb * XK);
     assert!((a.as_ptr() as usize).is_multiple_of(64) && arow.is_multiple_of(64));
     let (m4, k16, k32) = (
         _mm512_set1_epi8(0x0F),
         _mm512_set1_epi8(16),
         _mm512_set1_epi8(32),
     );
-    let mut acc = [_mm512_setzero_ps(); T];
-    for b in 0..nb {
-        let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-        prefetch::<T>(col, lay.bytes);
-        // SAFETY: token `t`'s block `b` lies inside `a` (asserted), 64-byte aligned.
-        let x = |t: usize| unsafe { &*a.as_ptr().add(t * arow + b * XK).cast::<BlockQ8K>() };
-        // SAFETY: `col` is one whole column; offsets follow `packed_k::q6`.
-        let sc8 = |g: usize| unsafe { _mm_loadu_si128(col.add(q6::SC_AT + 16 * g).cast()) };
-        // SAFETY: as above.
-        let dv = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(col.cast()) });
-        let mut accb = [_mm512_setzero_ps(); T];
-        for gg in 0..16 {
-            let fsc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc8(gg))), dv);
-            let mut wv = [_mm512_setzero_si512(); 4];
-            for h in 0..2 {
-                let g = 2 * gg + h;
-                // SAFETY: nibble group `g` and the masks of its two vectors.
-                unsafe {
-                    let q = _mm512_loadu_si512(col.add(q6::V_AT + 64 * g).cast());
-                    let nib = [
-                        _mm512_and_si512(q, m4),
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
-                    ];
-                    for (e, mut w) in nib.into_iter().enumerate() {
-                        let m = col.add(q6::H_AT + 16 * (2 * g + e)).cast::<u64>();
-                        w = _mm512_mask_add_epi8(w, m.read_unaligned(), w, k16);
-                        wv[2 * h + e] = _mm512_mask_add_epi8(w, m.add(1).read_unaligned(), w, k32);
+    let (zero, lo16) = (_mm512_setzero_si512(), _mm512_set1_epi32(0xFFFF));
+    for (t, out) in out.iter_mut().enumerate() {
+        let mut acc = [_mm512_setzero_ps(); 8];
+        // Batches of 8+ tokens: llama.cpp's tiled kernel, one integer sum per block, scaled
+        // by the weight's scale, then by the activation's in a fused step onto the sum.
+        let tiled = t < gemm;
+        let mut sum = _mm512_setzero_ps();
+        for b in 0..nb {
+            let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
+            prefetch::<1>(col, lay.bytes);
+            // SAFETY: token `t`'s block `b` lies inside `a` (asserted), 64-byte aligned.
+            let x = unsafe { &*a.as_ptr().add(t * arow + b * XK).cast::<BlockQ8K>() };
+            // SAFETY: `col` is one whole column; offsets follow `packed_k::q6`.
+            let sc8 = |g: usize| unsafe { _mm_loadu_si128(col.add(q6::SC_AT + 16 * g).cast()) };
+            // SAFETY: as above.
+            let dv = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(col.cast()) });
+            let mut isum = [zero; 8];
+            for gg in 0..16 {
+                // Each row's scale as the low half of an `i32` lane, for `vpdpwssd`.
+                let sc = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8(gg)), lo16);
+                let mut wv = [zero; 4];
+                for h in 0..2 {
+                    let g = 2 * gg + h;
+                    // SAFETY: nibble group `g` and the masks of its two vectors.
+                    unsafe {
+                        let q = _mm512_loadu_si512(col.add(q6::V_AT + 64 * g).cast());
+                        let nib = [
+                            _mm512_and_si512(q, m4),
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
+                        ];
+                        for (e, mut w) in nib.into_iter().enumerate() {
+                            let m = col.add(q6::H_AT + 16 * (2 * g + e)).cast::<u64>();
+                            w = _mm512_mask_add_epi8(w, m.read_unaligned(), w, k16);
+                            wv[2 * h + e] =
+                                _mm512_mask_add_epi8(w, m.add(1).read_unaligned(), w, k32);
+                        }
                     }
                 }
-            }
-            for t in 0..T {
                 // SAFETY: 16 bytes at `16gg` of the 256 values.
-                let p = unsafe { x(t).qs.as_ptr().add(16 * gg).cast::<i32>() };
-                let mut s = _mm512_setzero_si512();
+                let p = unsafe { x.qs.as_ptr().add(16 * gg).cast::<i32>() };
                 for (j, &w) in wv.iter().enumerate() {
                     // SAFETY: inside the 16 bytes above.
-                    s = _mm512_dpbusd_epi32(
-                        s,
-                        w,
-                        _mm512_set1_epi32(unsafe { p.add(j).read_unaligned() }),
-                    );
+                    let g = _mm512_set1_epi32(unsafe { p.add(j).read_unaligned() });
+                    // |Σ of 4 products| < 2^15, so the sum is exact in the low half.
+                    let s = _mm512_dpbusd_epi32(zero, w, g);
+                    let l = 4 * (gg % 2) + j;
+                    isum[l] = _mm512_dpwssd_epi32(isum[l], s, sc);
                 }
-                accb[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), fsc, accb[t]);
+            }
+            let d = _mm512_mul_ps(dv, _mm512_set1_ps(x.d));
+            let mut total = zero;
+            for (l, isum) in isum.iter().enumerate() {
+                let (a, c) = (sc8(2 * l), sc8(2 * l + 1));
+                let lo = _mm256_set_m128i(_mm_unpackhi_epi8(a, c), _mm_unpacklo_epi8(a, c));
+                let pair = _mm512_cvtepi8_epi16(lo);
+                // SAFETY: two `i16` sums at `2l` of 16.
+                let bp = unsafe { x.bsums.as_ptr().add(2 * l).cast::<i32>().read_unaligned() };
+                let im = _mm512_dpwssd_epi32(zero, pair, _mm512_set1_epi32(bp));
+                let v = _mm512_sub_epi32(*isum, _mm512_slli_epi32::<5>(im));
+                if tiled {
+                    total = _mm512_add_epi32(total, v);
+                } else {
+                    acc[l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), d, acc[l]);
+                }
+            }
+            if tiled {
+                let r = _mm512_mul_ps(_mm512_cvtepi32_ps(total), dv);
+                // (GCC contracts llama.cpp's `add(acc, mul(r, d))` to one fused step.)
+                sum = _mm512_fmadd_ps(r, _mm512_set1_ps(x.d), sum);
             }
         }
-        // Σ_g sc_g · 32 · bsum_g, two groups per `vpdpwssd`.
-        let pairs: [__m512i; 8] = std::array::from_fn(|p| {
-            let (a, b) = (sc8(2 * p), sc8(2 * p + 1));
-            let lo = _mm256_set_m128i(_mm_unpackhi_epi8(a, b), _mm_unpacklo_epi8(a, b));
-            _mm512_cvtepi8_epi16(lo)
-        });
-        let d32 = _mm512_mul_ps(dv, _mm512_set1_ps(32.0));
-        for t in 0..T {
-            let x = x(t);
-            let mut im = _mm512_setzero_si512();
-            for (p, &sp) in pairs.iter().enumerate() {
-                // SAFETY: two `i16` sums at `2p`.
-                let bp = unsafe { x.bsums.as_ptr().add(2 * p).cast::<i32>().read_unaligned() };
-                im = _mm512_dpwssd_epi32(im, sp, _mm512_set1_epi32(bp));
-            }
-            let b = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(im), d32, accb[t]);
-            acc[t] = _mm512_fmadd_ps(b, _mm512_set1_ps(x.d), acc[t]);
+        if tiled {
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sum) };
+            continue;
         }
-    }
-    for t in 0..T {
+        let lo = _mm512_add_ps(_mm512_add_ps(acc[0], acc[4]), _mm512_add_ps(acc[2], acc[6]));
+        let hi = _mm512_add_ps(_mm512_add_ps(acc[1], acc[5]), _mm512_add_ps(acc[3], acc[7]));
         // SAFETY: 16 floats.
-        unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]) };
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(lo, hi)) };
     }
 }
 
@@ -307,36 +356,47 @@ unsafe fn tile_q6<const T: usize>(
 /// # Safety
 /// Requires AVX-512 F/BW/VL and VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn tile(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, out: &mut [[f32; R]]) {
-    macro_rules! by_tokens {
-        ($f:ident $(, $c:expr)?) => {
-            match out.len() {
-                1 => $f::<1 $(, $c)?>(lay, tile, a, arow, out),
-                2 => $f::<2 $(, $c)?>(lay, tile, a, arow, out),
-                3 => $f::<3 $(, $c)?>(lay, tile, a, arow, out),
-                4 => $f::<4 $(, $c)?>(lay, tile, a, arow, out),
-                5 => $f::<5 $(, $c)?>(lay, tile, a, arow, out),
-                6 => $f::<6 $(, $c)?>(lay, tile, a, arow, out),
-                7 => $f::<7 $(, $c)?>(lay, tile, a, arow, out),
-                8 => $f::<8 $(, $c)?>(lay, tile, a, arow, out),
-                n => unreachable!("{n} tokens"),
-            }
-        };
-    }
+pub unsafe fn tile(
+    lay: &Layout,
+    tile: &[u8],
+    a: &[u8],
+    arow: usize,
+    gemm: usize,
+    out: &mut [[f32; R]],
+) {
     // SAFETY: same features; the kernels check the lengths.
     unsafe {
-        match (lay.kquant, lay.q5) {
-            _ if lay.q6 => by_tokens!(tile_q6),
-            (true, true) => by_tokens!(tile_k, true),
-            (true, false) => by_tokens!(tile_k, false),
-            _ => {
-                for (c, o) in out.chunks_mut(2).enumerate() {
-                    let a = &a[2 * c * arow..];
-                    match o.len() {
-                        1 => tile_x::<1>(lay, tile, a, arow, o),
-                        _ => tile_x::<2>(lay, tile, a, arow, o),
-                    }
+        if lay.q6 {
+            return tile_q6(lay, tile, a, arow, gemm, out);
+        }
+        if lay.kquant {
+            // Four tokens at a time: two accumulators and two partial sums each.
+            for (c, o) in out.chunks_mut(4).enumerate() {
+                let a = &a[4 * c * arow..];
+                let g = gemm.saturating_sub(4 * c);
+                macro_rules! k {
+                    ($t:literal) => {
+                        if lay.q5 {
+                            tile_k::<$t, true>(lay, tile, a, arow, g, o)
+                        } else {
+                            tile_k::<$t, false>(lay, tile, a, arow, g, o)
+                        }
+                    };
                 }
+                match o.len() {
+                    1 => k!(1),
+                    2 => k!(2),
+                    3 => k!(3),
+                    _ => k!(4),
+                }
+            }
+            return;
+        }
+        for (c, o) in out.chunks_mut(2).enumerate() {
+            let a = &a[2 * c * arow..];
+            match o.len() {
+                1 => tile_x::<1>(lay, tile, a, arow, o),
+                _ => tile_x::<2>(lay, tile, a, arow, o),
             }
         }
     }

@@ -1,7 +1,7 @@
 //! AVX-512 activation quantization, bit-identical to the scalar reference in `quant.rs`.
 
 use super::super::blocks::{BlockQ8K, BlockQ8s, BlockQ8x2, QK, QK_K};
-use super::super::quant::{block_sum, half_round, scales};
+use super::super::quant::{block_sum, half_round, q8k_scale, scales};
 use std::arch::x86_64::*;
 
 /// Quantizes 16 floats by `id`, returning the 16 values as `i8` and their `i32` lanes.
@@ -72,14 +72,14 @@ pub unsafe fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
         // SAFETY: `xs` holds 256 floats.
         let v: [__m512; 16] =
             std::array::from_fn(|i| unsafe { _mm512_loadu_ps(xs.as_ptr().add(16 * i)) });
-        let (d, id) = scales(amax(&v));
+        let (_, id) = scales(amax(&v));
         for (g, &v) in v.iter().enumerate() {
             let (q, i) = q16(v, id);
             // SAFETY: `qs` has 16 bytes from `16 * g`.
             unsafe { _mm_storeu_si128(b.qs.as_mut_ptr().add(16 * g).cast(), q) };
             b.bsums[g] = _mm512_reduce_add_epi32(i) as i16;
         }
-        b.d = d;
+        b.d = q8k_scale(id);
         for g in 0..8 {
             b.bsum32[g] = b.bsums[2 * g] + b.bsums[2 * g + 1];
         }
