@@ -250,14 +250,7 @@ unsafe fn tile_k<const T: usize, const Q5: bool>(
 /// `hsum_float_8` folds them. One token at a time (the lanes fill the registers).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_q6(
-    lay: &Layout,
-    tile: &[u8],
-    a: &[u8],
-    arow: usize,
-    gemm: usize,
-    out: &mut [[f32; R]],
-) {
+unsafe fn tile_q6(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, out: &mut [[f32; R]]) {
     const XK: usize = std::mem::size_of::<BlockQ8K>();
     let nb = tile.len() / lay.bytes;
     let tokens = out.len();
@@ -271,10 +264,6 @@ unsafe fn tile_q6(
     let (zero, lo16) = (_mm512_setzero_si512(), _mm512_set1_epi32(0xFFFF));
     for (t, out) in out.iter_mut().enumerate() {
         let mut acc = [_mm512_setzero_ps(); 8];
-        // Batches of 8+ tokens: llama.cpp's tiled kernel, one integer sum per block, scaled
-        // by the weight's scale, then by the activation's in a fused step onto the sum.
-        let tiled = t < gemm;
-        let mut sum = _mm512_setzero_ps();
         for b in 0..nb {
             let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
             prefetch::<1>(col, lay.bytes);
@@ -318,7 +307,6 @@ unsafe fn tile_q6(
                 }
             }
             let d = _mm512_mul_ps(dv, _mm512_set1_ps(x.d));
-            let mut total = zero;
             for (l, isum) in isum.iter().enumerate() {
                 let (a, c) = (sc8(2 * l), sc8(2 * l + 1));
                 let lo = _mm256_set_m128i(_mm_unpackhi_epi8(a, c), _mm_unpacklo_epi8(a, c));
@@ -327,27 +315,90 @@ unsafe fn tile_q6(
                 let bp = unsafe { x.bsums.as_ptr().add(2 * l).cast::<i32>().read_unaligned() };
                 let im = _mm512_dpwssd_epi32(zero, pair, _mm512_set1_epi32(bp));
                 let v = _mm512_sub_epi32(*isum, _mm512_slli_epi32::<5>(im));
-                if tiled {
-                    total = _mm512_add_epi32(total, v);
-                } else {
-                    acc[l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), d, acc[l]);
-                }
+                acc[l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), d, acc[l]);
             }
-            if tiled {
-                let r = _mm512_mul_ps(_mm512_cvtepi32_ps(total), dv);
-                // (GCC contracts llama.cpp's `add(acc, mul(r, d))` to one fused step.)
-                sum = _mm512_fmadd_ps(r, _mm512_set1_ps(x.d), sum);
-            }
-        }
-        if tiled {
-            // SAFETY: 16 floats.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sum) };
-            continue;
         }
         let lo = _mm512_add_ps(_mm512_add_ps(acc[0], acc[4]), _mm512_add_ps(acc[2], acc[6]));
         let hi = _mm512_add_ps(_mm512_add_ps(acc[1], acc[5]), _mm512_add_ps(acc[3], acc[7]));
         // SAFETY: 16 floats.
         unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(lo, hi)) };
+    }
+}
+
+/// `Q6_K` tiles for batches of 8 or more tokens, in the order of llama.cpp's tiled K-quant
+/// kernel: one integer sum per row and block (`Σ_g sc_g (Σ q x - 32 bsum_g)`), scaled by the
+/// weight's scale, then by the activation's in a fused step onto the running sum (GCC contracts
+/// its `add(acc, mul(r, d))`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_q6_tiled<const T: usize>(
+    lay: &Layout,
+    tile: &[u8],
+    a: &[u8],
+    arow: usize,
+    out: &mut [[f32; R]],
+) {
+    const XK: usize = std::mem::size_of::<BlockQ8K>();
+    let nb = tile.len() / lay.bytes;
+    assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * XK);
+    assert!((a.as_ptr() as usize).is_multiple_of(64) && arow.is_multiple_of(64));
+    let (m4, k16, k32) = (
+        _mm512_set1_epi8(0x0F),
+        _mm512_set1_epi8(16),
+        _mm512_set1_epi8(32),
+    );
+    let zero = _mm512_setzero_si512();
+    let mut sum = [_mm512_setzero_ps(); T];
+    for b in 0..nb {
+        let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
+        // SAFETY: token `t`'s block `b` lies inside `a` (asserted), 64-byte aligned.
+        let x = |t: usize| unsafe { &*a.as_ptr().add(t * arow + b * XK).cast::<BlockQ8K>() };
+        // SAFETY: `col` is one whole column; offsets follow `packed_k::q6`.
+        let sc8 = |g: usize| unsafe { _mm_loadu_si128(col.add(q6::SC_AT + 16 * g).cast()) };
+        // SAFETY: as above.
+        let dv = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(col.cast()) });
+        let mut isum = [zero; T];
+        for gg in 0..16 {
+            let sc = _mm512_cvtepi8_epi32(sc8(gg));
+            let mut wv = [zero; 4];
+            for h in 0..2 {
+                let g = 2 * gg + h;
+                // SAFETY: nibble group `g` and the masks of its two vectors.
+                unsafe {
+                    let q = _mm512_loadu_si512(col.add(q6::V_AT + 64 * g).cast());
+                    let nib = [
+                        _mm512_and_si512(q, m4),
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
+                    ];
+                    for (e, mut w) in nib.into_iter().enumerate() {
+                        let m = col.add(q6::H_AT + 16 * (2 * g + e)).cast::<u64>();
+                        w = _mm512_mask_add_epi8(w, m.read_unaligned(), w, k16);
+                        wv[2 * h + e] = _mm512_mask_add_epi8(w, m.add(1).read_unaligned(), w, k32);
+                    }
+                }
+            }
+            for t in 0..T {
+                // SAFETY: 16 bytes at `16gg` of the 256 values.
+                let p = unsafe { x(t).qs.as_ptr().add(16 * gg).cast::<i32>() };
+                let mut s = zero;
+                for (j, &w) in wv.iter().enumerate() {
+                    // SAFETY: inside the 16 bytes above.
+                    let g = _mm512_set1_epi32(unsafe { p.add(j).read_unaligned() });
+                    s = _mm512_dpbusd_epi32(s, w, g);
+                }
+                let off = _mm512_set1_epi32(32 * x(t).bsums[gg] as i32);
+                isum[t] =
+                    _mm512_add_epi32(isum[t], _mm512_mullo_epi32(_mm512_sub_epi32(s, off), sc));
+            }
+        }
+        for t in 0..T {
+            let r = _mm512_mul_ps(_mm512_cvtepi32_ps(isum[t]), dv);
+            sum[t] = _mm512_fmadd_ps(r, _mm512_set1_ps(x(t).d), sum[t]);
+        }
+    }
+    for t in 0..T {
+        // SAFETY: 16 floats.
+        unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), sum[t]) };
     }
 }
 
@@ -367,7 +418,21 @@ pub unsafe fn tile(
     // SAFETY: same features; the kernels check the lengths.
     unsafe {
         if lay.q6 {
-            return tile_q6(lay, tile, a, arow, gemm, out);
+            let g = gemm.min(out.len());
+            let (batched, rows) = out.split_at_mut(g);
+            for (c, o) in batched.chunks_mut(4).enumerate() {
+                let a = &a[4 * c * arow..];
+                match o.len() {
+                    1 => tile_q6_tiled::<1>(lay, tile, a, arow, o),
+                    2 => tile_q6_tiled::<2>(lay, tile, a, arow, o),
+                    3 => tile_q6_tiled::<3>(lay, tile, a, arow, o),
+                    _ => tile_q6_tiled::<4>(lay, tile, a, arow, o),
+                }
+            }
+            if !rows.is_empty() {
+                tile_q6(lay, tile, &a[g * arow..], arow, rows);
+            }
+            return;
         }
         if lay.kquant {
             // Four tokens at a time: two accumulators and two partial sums each.
