@@ -28,6 +28,20 @@ fn wide(hd: usize) -> bool {
     }
 }
 
+/// Checks the shapes [`scores`] and [`scores_tree`] take; returns the number of heads.
+fn check_scores(kt: &[f16], stride: usize, n: usize, q: &[f32], hd: usize, out: &[f32]) -> usize {
+    let g = q.len() / hd;
+    assert!(
+        n <= stride && kt.len() >= (hd - 1) * stride + n,
+        "f16ops: keys shorter than the positions asked for"
+    );
+    assert!(
+        q.len() == g * hd && out.len() == g * n,
+        "f16ops: query or output length"
+    );
+    g
+}
+
 /// For positions `p` in `0..n` and heads `g`:
 /// `out[g * n + p] = scale · Σ_i kt[i * stride + p] q[g * hd + i]`.
 pub fn scores(
@@ -39,15 +53,7 @@ pub fn scores(
     scale: f32,
     out: &mut [f32],
 ) {
-    let g = q.len() / hd;
-    assert!(
-        n <= stride && kt.len() >= (hd - 1) * stride + n,
-        "f16ops::scores: keys"
-    );
-    assert!(
-        q.len() == g * hd && out.len() == g * n,
-        "f16ops::scores: lengths"
-    );
+    let g = check_scores(kt, stride, n, q, hd, out);
     #[cfg(target_arch = "x86_64")]
     if wide(hd) {
         // SAFETY: AVX-512 F/BW/VL detected; lengths checked above; `hd` a multiple of 16.
@@ -84,15 +90,7 @@ pub fn scores_tree(
     scale: f32,
     out: &mut [f32],
 ) {
-    let g = q.len() / hd;
-    assert!(
-        n <= stride && kt.len() >= (hd - 1) * stride + n,
-        "f16ops::scores_tree: keys"
-    );
-    assert!(
-        q.len() == g * hd && out.len() == g * n,
-        "f16ops::scores_tree: lengths"
-    );
+    check_scores(kt, stride, n, q, hd, out);
     #[cfg(target_arch = "x86_64")]
     if wide(hd) && hd.is_multiple_of(64) {
         // SAFETY: AVX-512 F/BW/VL detected; lengths checked above; `hd` a multiple of 64.

@@ -243,6 +243,39 @@ unsafe fn tile_k<const T: usize, const Q5: bool>(
     }
 }
 
+/// The 6-bit values of 16-value group `gg` of a `Q6_K` block column: four vectors, the 4-value
+/// groups `4gg..4gg+4`, 16 rows each.
+///
+/// # Safety
+/// `col` points at one whole `packed_k::q6` column.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q6_values(col: *const u8, gg: usize) -> [__m512i; 4] {
+    let (m4, k16, k32) = (
+        _mm512_set1_epi8(0x0F),
+        _mm512_set1_epi8(16),
+        _mm512_set1_epi8(32),
+    );
+    let mut wv = [_mm512_setzero_si512(); 4];
+    for h in 0..2 {
+        let g = 2 * gg + h;
+        // SAFETY: nibble group `g` and the masks of its two vectors lie inside the column.
+        unsafe {
+            let q = _mm512_loadu_si512(col.add(q6::V_AT + 64 * g).cast());
+            let nib = [
+                _mm512_and_si512(q, m4),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
+            ];
+            for (e, mut w) in nib.into_iter().enumerate() {
+                let m = col.add(q6::H_AT + 16 * (2 * g + e)).cast::<u64>();
+                w = _mm512_mask_add_epi8(w, m.read_unaligned(), w, k16);
+                wv[2 * h + e] = _mm512_mask_add_epi8(w, m.add(1).read_unaligned(), w, k32);
+            }
+        }
+    }
+    wv
+}
+
 /// `Q6_K` tiles in llama.cpp's order (`ggml_vec_dot_q6_K_q8_K`, AVX2 build): per row, eight
 /// integer lanes per block, lane `l` taking the 4-value groups `l, l + 8, …` of the block, each
 /// times its 16-value group's scale, less `32 · (sc[2l] bsum[2l] + sc[2l+1] bsum[2l+1])`;
@@ -256,11 +289,6 @@ unsafe fn tile_q6(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, out: &mut [[
     let tokens = out.len();
     assert!(a.len() >= (tokens - 1) * arow + nb * XK);
     assert!((a.as_ptr() as usize).is_multiple_of(64) && arow.is_multiple_of(64));
-    let (m4, k16, k32) = (
-        _mm512_set1_epi8(0x0F),
-        _mm512_set1_epi8(16),
-        _mm512_set1_epi8(32),
-    );
     let (zero, lo16) = (_mm512_setzero_si512(), _mm512_set1_epi32(0xFFFF));
     for (t, out) in out.iter_mut().enumerate() {
         let mut acc = [_mm512_setzero_ps(); 8];
@@ -277,24 +305,8 @@ unsafe fn tile_q6(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, out: &mut [[
             for gg in 0..16 {
                 // Each row's scale as the low half of an `i32` lane, for `vpdpwssd`.
                 let sc = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8(gg)), lo16);
-                let mut wv = [zero; 4];
-                for h in 0..2 {
-                    let g = 2 * gg + h;
-                    // SAFETY: nibble group `g` and the masks of its two vectors.
-                    unsafe {
-                        let q = _mm512_loadu_si512(col.add(q6::V_AT + 64 * g).cast());
-                        let nib = [
-                            _mm512_and_si512(q, m4),
-                            _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
-                        ];
-                        for (e, mut w) in nib.into_iter().enumerate() {
-                            let m = col.add(q6::H_AT + 16 * (2 * g + e)).cast::<u64>();
-                            w = _mm512_mask_add_epi8(w, m.read_unaligned(), w, k16);
-                            wv[2 * h + e] =
-                                _mm512_mask_add_epi8(w, m.add(1).read_unaligned(), w, k32);
-                        }
-                    }
-                }
+                // SAFETY: `col` is one whole column.
+                let wv = unsafe { q6_values(col, gg) };
                 // SAFETY: 16 bytes at `16gg` of the 256 values.
                 let p = unsafe { x.qs.as_ptr().add(16 * gg).cast::<i32>() };
                 for (j, &w) in wv.iter().enumerate() {
@@ -342,11 +354,6 @@ unsafe fn tile_q6_tiled<const T: usize>(
     let nb = tile.len() / lay.bytes;
     assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * XK);
     assert!((a.as_ptr() as usize).is_multiple_of(64) && arow.is_multiple_of(64));
-    let (m4, k16, k32) = (
-        _mm512_set1_epi8(0x0F),
-        _mm512_set1_epi8(16),
-        _mm512_set1_epi8(32),
-    );
     let zero = _mm512_setzero_si512();
     let mut sum = [_mm512_setzero_ps(); T];
     for b in 0..nb {
@@ -360,23 +367,8 @@ unsafe fn tile_q6_tiled<const T: usize>(
         let mut isum = [zero; T];
         for gg in 0..16 {
             let sc = _mm512_cvtepi8_epi32(sc8(gg));
-            let mut wv = [zero; 4];
-            for h in 0..2 {
-                let g = 2 * gg + h;
-                // SAFETY: nibble group `g` and the masks of its two vectors.
-                unsafe {
-                    let q = _mm512_loadu_si512(col.add(q6::V_AT + 64 * g).cast());
-                    let nib = [
-                        _mm512_and_si512(q, m4),
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4),
-                    ];
-                    for (e, mut w) in nib.into_iter().enumerate() {
-                        let m = col.add(q6::H_AT + 16 * (2 * g + e)).cast::<u64>();
-                        w = _mm512_mask_add_epi8(w, m.read_unaligned(), w, k16);
-                        wv[2 * h + e] = _mm512_mask_add_epi8(w, m.add(1).read_unaligned(), w, k32);
-                    }
-                }
-            }
+            // SAFETY: `col` is one whole column.
+            let wv = unsafe { q6_values(col, gg) };
             for t in 0..T {
                 // SAFETY: 16 bytes at `16gg` of the 256 values.
                 let p = unsafe { x(t).qs.as_ptr().add(16 * gg).cast::<i32>() };
