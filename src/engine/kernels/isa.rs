@@ -28,6 +28,24 @@ pub fn get() -> Isa {
     })
 }
 
+/// Which summation order the packed 32-wide kernels follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Numerics {
+    /// llama.cpp's, to the bit on AVX-512 (the default; see BENCHMARKS.md, "Parity").
+    Reference,
+    /// ward's own: about twice the prefill and batched-decode speed of the 32-wide formats.
+    Fast,
+}
+
+/// The order chosen for this process: `WARD_NUMERICS=fast`, else [`Numerics::Reference`].
+pub fn numerics() -> Numerics {
+    static N: OnceLock<Numerics> = OnceLock::new();
+    *N.get_or_init(|| match std::env::var("WARD_NUMERICS").as_deref() {
+        Ok("fast") => Numerics::Fast,
+        _ => Numerics::Reference,
+    })
+}
+
 /// Every path this CPU supports, from the most portable.
 pub fn available() -> Vec<Isa> {
     #[allow(unused_mut)]

@@ -14,7 +14,9 @@
 //! (other formats, or no AVX-512 VNNI), so callers keep the [`QMatrix`] path then.
 //!
 //! Tuning knobs: [`set_threads`] (else `WARD_THREADS`, else all CPUs), `WARD_ISA=scalar|avx2`
-//! to force a slower path, `WARD_PREFETCH` (bytes ahead when streaming decode weights).
+//! to force a slower path, `WARD_PREFETCH` (bytes ahead when streaming decode weights),
+//! `WARD_NUMERICS=fast` (the packed 32-wide kernels in ward's own summation order instead of
+//! llama.cpp's, see `isa::Numerics`).
 
 mod blocks;
 mod dequant;

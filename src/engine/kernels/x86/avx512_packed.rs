@@ -3,6 +3,7 @@
 //! group accumulates all 16 rows at once and no horizontal sums are needed.
 
 use super::super::blocks::{BlockQ8K, BlockQ8s};
+use super::super::isa::{Numerics, numerics};
 use super::super::packed::{Layout, R};
 use super::super::packed_k::{MN_AT, SC_AT, q6};
 use std::arch::x86_64::*;
@@ -24,6 +25,93 @@ fn prefetch<const T: usize>(col: *const u8, bytes: usize) {
 /// Bytes of one activation block.
 const XB: usize = std::mem::size_of::<BlockQ8s>();
 
+/// One block column of a 32-wide format: the rows' scales `d`, minima (zero without), and the
+/// eight vectors of 4-value groups.
+///
+/// # Safety
+/// `col` points at one whole block column (`lay.bytes` bytes); offsets follow `Layout`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn unpack32(lay: &Layout, col: *const u8) -> (__m512, __m512, [__m512i; 8]) {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
+        let m = if lay.min {
+            _mm512_cvtph_ps(_mm256_loadu_si256(col.add(lay.m_at).cast()))
+        } else {
+            _mm512_setzero_ps()
+        };
+        let v = col.add(lay.values_at);
+        let mut wv = [_mm512_setzero_si512(); 8];
+        if lay.bytes - lay.values_at == 32 * R {
+            for (j, w) in wv.iter_mut().enumerate() {
+                *w = _mm512_loadu_si512(v.add(64 * j).cast());
+            }
+        } else {
+            let m4 = _mm512_set1_epi8(0x0F);
+            for g in 0..4 {
+                let q = _mm512_loadu_si512(v.add(64 * g).cast());
+                wv[2 * g] = _mm512_and_si512(q, m4);
+                wv[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
+            }
+            if lay.q5 {
+                let k16 = _mm512_set1_epi8(16);
+                for (j, w) in wv.iter_mut().enumerate() {
+                    let k = col.add(lay.masks_at + 8 * j).cast::<u64>().read_unaligned();
+                    *w = _mm512_mask_add_epi8(*w, k, *w, k16);
+                }
+            }
+        }
+        (dw, m, wv)
+    }
+}
+
+/// The 32-wide formats in ward's own order (`WARD_NUMERICS=fast`): each block's 32-value
+/// integer sum scaled once and the minimum (or offset) term fused in, up to 8 tokens a pass.
+/// About twice the prefill and batched-decode speed of [`tile_x`], at the cost of last-bit
+/// agreement with llama.cpp.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_fast<const T: usize>(
+    lay: &Layout,
+    tile: &[u8],
+    a: &[u8],
+    arow: usize,
+    out: &mut [[f32; R]],
+) {
+    let nb = tile.len() / lay.bytes;
+    assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * XB);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..nb {
+        let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
+        prefetch::<T>(col, lay.bytes);
+        // SAFETY: `col` is one whole block column (`lay.bytes` bytes).
+        let (dw, m, wv) = unsafe { unpack32(lay, col) };
+        let c = if lay.min {
+            m
+        } else {
+            _mm512_mul_ps(dw, _mm512_set1_ps(-lay.offset))
+        };
+        for t in 0..T {
+            // SAFETY: block `b` of token `t` lies inside `a` (asserted).
+            let x = unsafe { &*a.as_ptr().add(t * arow + b * XB).cast::<BlockQ8s>() };
+            let mut s = _mm512_setzero_si512();
+            for (j, &w) in wv.iter().enumerate() {
+                // SAFETY: 4 bytes at `4j` of the 32 values.
+                let g = unsafe { x.qs.as_ptr().add(4 * j).cast::<i32>().read_unaligned() };
+                s = _mm512_dpbusd_epi32(s, w, _mm512_set1_epi32(g));
+            }
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.d));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[t]);
+            acc[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(x.s), acc[t]);
+        }
+    }
+    for t in 0..T {
+        // SAFETY: 16 floats.
+        unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]) };
+    }
+}
+
 /// The 32-wide formats in llama.cpp's summation order (`ggml_vec_dot_q4_1_q8_1` and its
 /// siblings, AVX2/VNNI build), so that products round as the reference engine's do: per row,
 /// eight 4-value integer sums per block (offsets taken off in integers), each scaled and
@@ -41,44 +129,14 @@ unsafe fn tile_x<const T: usize>(
 ) {
     let nb = tile.len() / lay.bytes;
     assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * XB);
-    let q8 = lay.bytes - lay.values_at == 32 * R;
     let zero = _mm512_setzero_si512();
     let mut acc = [[_mm512_setzero_ps(); 8]; T];
     let mut summ = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
         prefetch::<T>(col, lay.bytes);
-        // SAFETY: `col` is one whole block column (`lay.bytes` bytes); offsets follow `Layout`.
-        let (dw, m, wv) = unsafe {
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
-            let m = if lay.min {
-                _mm512_cvtph_ps(_mm256_loadu_si256(col.add(lay.m_at).cast()))
-            } else {
-                _mm512_setzero_ps()
-            };
-            let v = col.add(lay.values_at);
-            let mut wv = [zero; 8];
-            if q8 {
-                for (j, w) in wv.iter_mut().enumerate() {
-                    *w = _mm512_loadu_si512(v.add(64 * j).cast());
-                }
-            } else {
-                let m4 = _mm512_set1_epi8(0x0F);
-                for g in 0..4 {
-                    let q = _mm512_loadu_si512(v.add(64 * g).cast());
-                    wv[2 * g] = _mm512_and_si512(q, m4);
-                    wv[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
-                }
-                if lay.q5 {
-                    let k16 = _mm512_set1_epi8(16);
-                    for (j, w) in wv.iter_mut().enumerate() {
-                        let k = col.add(lay.masks_at + 8 * j).cast::<u64>().read_unaligned();
-                        *w = _mm512_mask_add_epi8(*w, k, *w, k16);
-                    }
-                }
-            }
-            (dw, m, wv)
-        };
+        // SAFETY: `col` is one whole block column (`lay.bytes` bytes).
+        let (dw, m, wv) = unsafe { unpack32(lay, col) };
         for t in 0..T {
             // SAFETY: block `b` of token `t` lies inside `a` (asserted).
             let x = unsafe { &*a.as_ptr().add(t * arow + b * XB).cast::<BlockQ8s>() };
@@ -448,6 +506,19 @@ pub unsafe fn tile(
                 }
             }
             return;
+        }
+        if numerics() == Numerics::Fast {
+            return match out.len() {
+                1 => tile_fast::<1>(lay, tile, a, arow, out),
+                2 => tile_fast::<2>(lay, tile, a, arow, out),
+                3 => tile_fast::<3>(lay, tile, a, arow, out),
+                4 => tile_fast::<4>(lay, tile, a, arow, out),
+                5 => tile_fast::<5>(lay, tile, a, arow, out),
+                6 => tile_fast::<6>(lay, tile, a, arow, out),
+                7 => tile_fast::<7>(lay, tile, a, arow, out),
+                8 => tile_fast::<8>(lay, tile, a, arow, out),
+                n => unreachable!("{n} tokens"),
+            };
         }
         for (c, o) in out.chunks_mut(2).enumerate() {
             let a = &a[2 * c * arow..];
