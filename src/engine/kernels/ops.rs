@@ -140,6 +140,14 @@ fn gelu_mul_impl(gate: &mut [f32], up: &[f32]) {
 }
 
 #[inline(always)]
+fn rescale_add_impl(y: &mut [f32], a: f32, x: &[f32], b: f32) {
+    assert_eq!(x.len(), y.len(), "rescale_add: lengths");
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = y.mul_add(a, x * b);
+    }
+}
+
+#[inline(always)]
 fn exp_minus_impl(x: &[f32], m: f32, out: &mut [f32]) {
     assert_eq!(x.len(), out.len(), "exp_minus: lengths");
     for (o, &v) in out.iter_mut().zip(x) {
@@ -202,6 +210,10 @@ multiversion!(
     /// softmaxes computed in parts and merged (`max` is `-inf` and nothing changes when every
     /// input is).
     pub fn exp_shifted(x: &mut [f32]) -> (f32, f32) => exp_shifted_impl
+);
+multiversion!(
+    /// `y = y · a + x · b`, one fused multiply-add per element (llama.cpp's split-KV merge).
+    pub fn rescale_add(y: &mut [f32], a: f32, x: &[f32], b: f32) => rescale_add_impl
 );
 multiversion!(
     /// `out[i] = e^(x[i] - m)` with [`exp_approx`].

@@ -8,8 +8,9 @@
 //!   64-position tiles, a vectorized `exp` and an `f32` accumulator.
 //!
 //! Spans longer than [`SPLIT`] positions are cut into [`CHUNK`]-position pieces at fixed
-//! positions and merged as llama.cpp merges its split-KV parts, so results never depend on
-//! the thread count or on the rest of the batch.
+//! positions and merged as llama.cpp merges its split-KV parts, so results depend neither on
+//! the thread count nor on the other sequences of the batch (only on how many tokens this
+//! sequence brings to it).
 
 use half::f16;
 
@@ -194,9 +195,7 @@ fn merge(parts: &[f32], group: usize, hd: usize, y: &mut [f32]) {
             let mn = m.max(mc);
             let (so, sn) = ((m - mn).exp(), (mc - mn).exp());
             let part = &parts[c * per + h * hd..c * per + (h + 1) * hd];
-            for (y, &v) in y.iter_mut().zip(part) {
-                *y = y.mul_add(so, v * sn);
-            }
+            ops::rescale_add(y, so, part, sn);
             sum = sum.mul_add(so, sc * sn);
             m = mn;
         }
