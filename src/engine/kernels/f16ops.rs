@@ -136,20 +136,25 @@ fn scores_tree_scalar(
 }
 
 /// `y = f16(x · v + y)` element by element, with one rounding to `f32` (llama.cpp's
-/// `ggml_vec_mad_f16`).
-pub fn mad_f16(y: &mut [f16], x: &[f16], v: f32) {
-    assert_eq!(y.len(), x.len(), "f16ops::mad_f16: lengths");
-    #[cfg(target_arch = "x86_64")]
-    if isa::get() >= Isa::Avx512 {
-        // SAFETY: AVX-512 F/BW/VL detected; equal lengths.
-        return unsafe { simd::mad_f16(y, x, v) };
-    }
-    mad_f16_scalar(y, x, v)
-}
-
+/// `ggml_vec_mad_f16`); the portable path of [`mad_f16_heads`].
 fn mad_f16_scalar(y: &mut [f16], x: &[f16], v: f32) {
     for (y, x) in y.iter_mut().zip(x) {
         *y = f16::from_f32(x.to_f32().mul_add(v, y.to_f32()));
+    }
+}
+
+/// `y_h = f16(x · v[h] + y_h)` element by element for each head `h` of a group sharing the
+/// value row `x` (`y_h = y[h * hd..][..hd]`, `hd = x.len()`), one rounding to `f32` each
+/// (llama.cpp's `ggml_vec_mad_f16`, head by head); the row is converted once for the group.
+pub fn mad_f16_heads(y: &mut [f16], x: &[f16], v: &[f32]) {
+    assert_eq!(y.len(), x.len() * v.len(), "f16ops::mad_f16_heads: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if isa::get() >= Isa::Avx512 {
+        // SAFETY: AVX-512 F/BW/VL detected; lengths checked.
+        return unsafe { simd::mad_f16_heads(y, x, v) };
+    }
+    for (y, &v) in y.chunks_exact_mut(x.len()).zip(v) {
+        mad_f16_scalar(y, x, v);
     }
 }
 
@@ -228,11 +233,16 @@ mod tests {
             assert_eq!(a, b, "scores_tree {hd} {g} {n}");
             let x = halves(&data(hd, 9));
             let (mut y1, mut y2) = (halves(&data(hd, 10)), halves(&data(hd, 10)));
-            mad_f16(&mut y1, &x, 0.37);
-            mad_f16_scalar(&mut y2, &x, 0.37);
+            let (mut z1, mut z2) = (halves(&data(3 * hd, 13)), halves(&data(3 * hd, 13)));
+            let w = [0.25, 1.0, 0.7];
+            mad_f16_heads(&mut z1, &x, &w);
+            for (z, &w) in z2.chunks_exact_mut(hd).zip(&w) {
+                mad_f16_scalar(z, &x, w);
+            }
+            assert_eq!(z1, z2, "mad_f16_heads {hd}");
             scale_f16(&mut y1, 0.61);
             scale_f16_scalar(&mut y2, 0.61);
-            assert_eq!(y1, y2, "mad/scale {hd}");
+            assert_eq!(y1, y2, "scale_f16 {hd}");
         }
     }
 

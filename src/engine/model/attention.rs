@@ -317,26 +317,27 @@ impl Part<'_> {
         let (m, s) = stats.split_at_mut(g);
         m.fill(f32::NEG_INFINITY);
         s.fill(0.0);
+        let mut vs = vec![0f32; g];
         self.runs(|b, p0, cnt| {
             let rows = &self.pool.values_from(self.seq, self.il, b * BLOCK + p0)[self.kvo..];
             for i in 0..cnt {
-                let v = &rows[i * stride..i * stride + hd];
                 let at = b * BLOCK + p0 + i - lo;
                 for h in 0..g {
-                    let (sc, yh) = (w[h * n + at], &mut y[h * hd..(h + 1) * hd]);
+                    let sc = w[h * n + at];
                     // The sum is `fma(sum, ms, vs)`, where one of the two factors is 1.
                     if sc > m[h] {
                         let ms = (m[h] - sc).exp();
                         m[h] = sc;
-                        h::scale_f16(yh, ms);
-                        h::mad_f16(yh, v, 1.0);
+                        h::scale_f16(&mut y[h * hd..(h + 1) * hd], ms);
+                        vs[h] = 1.0;
                         s[h] = s[h].mul_add(ms, 1.0);
                     } else {
-                        let vs = (sc - m[h]).exp();
-                        h::mad_f16(yh, v, vs);
-                        s[h] += vs;
+                        vs[h] = (sc - m[h]).exp();
+                        s[h] += vs[h];
                     }
                 }
+                // Every head's `y += v · vs`, the value row read once for the group.
+                h::mad_f16_heads(y, &rows[i * stride..i * stride + hd], &vs);
             }
         });
         for (o, y) in o.iter_mut().zip(y.iter()) {

@@ -236,25 +236,6 @@ pub unsafe fn scores_tree(
 }
 
 /// # Safety
-/// AVX-512 F/BW/VL; `y.len() == x.len()`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn mad_f16(y: &mut [f16], x: &[f16], v: f32) {
-    let vv = _mm512_set1_ps(v);
-    let n = y.len();
-    for i in (0..n).step_by(16) {
-        let k = (n - i).min(16);
-        let m = ((1u32 << k) - 1) as u16;
-        // SAFETY: `k` halves at `i` in both slices.
-        unsafe {
-            let a = load16(y.as_ptr().add(i), k);
-            let b = load16(x.as_ptr().add(i), k);
-            let r = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_fmadd_ps(b, vv, a));
-            _mm256_mask_storeu_epi16(y.as_mut_ptr().add(i).cast(), m, r);
-        }
-    }
-}
-
-/// # Safety
 /// AVX-512 F/BW/VL.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn scale_f16(y: &mut [f16], v: f32) {
@@ -268,6 +249,31 @@ pub unsafe fn scale_f16(y: &mut [f16], v: f32) {
             let a = load16(y.as_ptr().add(i), k);
             let r = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_mul_ps(a, vv));
             _mm256_mask_storeu_epi16(y.as_mut_ptr().add(i).cast(), m, r);
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL; `y.len() == x.len() * v.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn mad_f16_heads(y: &mut [f16], x: &[f16], v: &[f32]) {
+    let hd = x.len();
+    for i in (0..hd).step_by(16) {
+        let k = (hd - i).min(16);
+        let m = ((1u32 << k) - 1) as u16;
+        // SAFETY: `k` halves at `i` of `x`, and of each head's row of `y`.
+        unsafe {
+            let b = load16(x.as_ptr().add(i), k);
+            for (h, &w) in v.iter().enumerate() {
+                let p = y.as_mut_ptr().add(h * hd + i);
+                let a = load16(p, k);
+                let r = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_fmadd_ps(
+                    b,
+                    _mm512_set1_ps(w),
+                    a,
+                ));
+                _mm256_mask_storeu_epi16(p.cast(), m, r);
+            }
         }
     }
 }
