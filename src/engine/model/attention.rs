@@ -227,6 +227,8 @@ struct Scratch {
     tmp: Vec<f32>,
     q: Vec<f32>,
     y: Vec<f16>,
+    /// Softmax weights: one position's per head (one-row), one tile's per head (tiled).
+    e: Vec<f32>,
 }
 
 /// Query heads sharing one KV head, against one sequence's cache.
@@ -307,7 +309,13 @@ impl Part<'_> {
         let (hd, n, lo) = (self.hd, self.span.len(), self.span.start);
         let g = q.len() / hd;
         let stride = self.pool.kv_dim();
-        let Scratch { w, tmp, q: qh, y } = scratch;
+        let Scratch {
+            w,
+            tmp,
+            q: qh,
+            y,
+            e: vs,
+        } = scratch;
         qh.clear();
         qh.extend(q.iter().map(|&v| f16::from_f32(v).to_f32()));
         w.resize(g * n, 0.0);
@@ -317,7 +325,8 @@ impl Part<'_> {
         let (m, s) = stats.split_at_mut(g);
         m.fill(f32::NEG_INFINITY);
         s.fill(0.0);
-        let mut vs = vec![0f32; g];
+        vs.clear();
+        vs.resize(g, 0.0);
         self.runs(|b, p0, cnt| {
             let rows = &self.pool.values_from(self.seq, self.il, b * BLOCK + p0)[self.kvo..];
             for i in 0..cnt {
@@ -337,7 +346,7 @@ impl Part<'_> {
                     }
                 }
                 // Every head's `y += v · vs`, the value row read once for the group.
-                h::mad_f16_heads(y, &rows[i * stride..i * stride + hd], &vs);
+                h::mad_f16_heads(y, &rows[i * stride..i * stride + hd], vs);
             }
         });
         for (o, y) in o.iter_mut().zip(y.iter()) {
@@ -352,7 +361,7 @@ impl Part<'_> {
         let (hd, n, lo, end) = (self.hd, self.span.len(), self.span.start, self.span.end);
         let g = q.len() / hd;
         let stride = self.pool.kv_dim();
-        let Scratch { w, tmp, .. } = scratch;
+        let Scratch { w, tmp, e, .. } = scratch;
         w.resize(g * n, 0.0);
         self.scores(q, w, tmp);
         let (m, s) = stats.split_at_mut(g);
@@ -360,7 +369,9 @@ impl Part<'_> {
         s.fill(0.0);
         o.fill(0.0);
         let mut t0 = lo / TILE * TILE;
-        let mut e = vec![0f32; g * TILE];
+        e.resize(g * TILE, 0.0);
+        // The scores are copied out; `tmp` now holds each block run's weights.
+        let wt = tmp;
         while t0 < end {
             let (a, b) = (t0.max(lo), (t0 + TILE).min(end));
             for h in 0..g {
@@ -382,7 +393,6 @@ impl Part<'_> {
                     .sum();
                 s[h] = (s[h] as f64 + sum) as f32;
             }
-            let mut wt = Vec::with_capacity(g * BLOCK);
             self.runs_in(a..b, &mut |blk, p0, cnt| {
                 let first = blk * BLOCK + p0;
                 wt.clear();
@@ -390,7 +400,7 @@ impl Part<'_> {
                     wt.extend_from_slice(&e[h * TILE + first - t0..h * TILE + first - t0 + cnt]);
                 }
                 let rows = &self.pool.values_from(self.seq, self.il, first)[self.kvo..];
-                h::accumulate(rows, stride, cnt, &wt, hd, o);
+                h::accumulate(rows, stride, cnt, wt, hd, o);
             });
             t0 += TILE;
         }
