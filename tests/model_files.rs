@@ -34,11 +34,16 @@ fn tensor(rows: usize, cols: usize, seed: u64, dtype: GgmlDType) -> QTensor {
 
 /// Writes a tiny llama-family model; `drop_key` omits one metadata key, `arch` overrides the architecture.
 fn tiny_model(path: &std::path::Path, arch: &str, drop_key: Option<&str>) {
+    tiny_model_ctx(path, arch, drop_key, 256);
+}
+
+/// [`tiny_model`] with a context of `ctx` positions.
+fn tiny_model_ctx(path: &std::path::Path, arch: &str, drop_key: Option<&str>, ctx: u32) {
     let a = arch.to_string();
     let md: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(a.clone())),
         (format!("{a}.block_count"), Value::U32(LAYERS as u32)),
-        (format!("{a}.context_length"), Value::U32(256)),
+        (format!("{a}.context_length"), Value::U32(ctx)),
         (format!("{a}.embedding_length"), Value::U32(DIM as u32)),
         (format!("{a}.feed_forward_length"), Value::U32(FF as u32)),
         (format!("{a}.attention.head_count"), Value::U32(4)),
@@ -246,4 +251,37 @@ fn out_of_range_batches_are_rejected() {
         m.forward(&Batch::single(&[1], 300), &mut pool, &mut seqs)
             .is_err()
     );
+}
+
+#[test]
+fn long_prefill_in_pieces_matches_one_pass() {
+    // A long prefill runs in pieces of 128 tokens to bound its activations; the cuts keep
+    // every kernel's choices, so logits and the cache (seen through a decode step after it)
+    // must equal one pass over the whole prompt to the last bit.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tiny.gguf");
+    tiny_model_ctx(&p, "llama", None, 2048);
+    let file = ward::engine::gguf::GgufFile::open(&p).unwrap();
+    let m = model::Transformer::new(file).unwrap();
+    let prompt: Vec<u32> = (0..601).map(|i| (i * 37 % VOCAB) as u32).collect();
+    let run = |piece: usize| {
+        let mut pool = model::Model::new_pool(&m, 1024);
+        let mut seqs = [SeqKv::default()];
+        let mut batch = Batch::single(&prompt, 0);
+        // Logits at a few places inside the pieces too.
+        for t in [3, 127, 128, 300] {
+            batch.logits[t] = true;
+        }
+        let mut out = m
+            .forward_in_pieces(&batch, &mut pool, &mut seqs, piece)
+            .unwrap();
+        out.extend(
+            m.forward_in_pieces(&Batch::single(&[7], 601), &mut pool, &mut seqs, piece)
+                .unwrap(),
+        );
+        out
+    };
+    let (pieces, whole) = (run(128), run(usize::MAX));
+    assert_eq!(pieces.len(), 6 * VOCAB);
+    assert_eq!(pieces, whole, "prefill in pieces differs from one pass");
 }

@@ -35,7 +35,7 @@ mod x86;
 
 pub use candle_core::quantized::GgmlDType;
 pub use isa::Isa;
-pub use packed::{PackedMatrix, matmul_packed};
+pub use packed::{PackedMatrix, matmul_packed, matmul_packed_many};
 pub use pool::{set_threads, threads};
 
 /// Runs `f(i)` for every `i` in `0..n` on the kernels' thread pool, the caller taking part.

@@ -428,57 +428,148 @@ pub fn matmul_packed(w: &PackedMatrix, x: &[f32], n: usize, out: &mut [f32]) {
 
 /// [`matmul_packed`] on a chosen instruction-set path.
 pub(crate) fn matmul_packed_isa(w: &PackedMatrix, x: &[f32], n: usize, out: &mut [f32], isa: Isa) {
-    assert_eq!(x.len(), n * w.cols, "matmul_packed: activation length");
-    assert_eq!(out.len(), n * w.rows, "matmul_packed: output length");
-    if n == 0 || w.rows == 0 {
+    matmul_packed_many_isa(&[w], x, n, &mut [out], isa);
+}
+
+/// [`matmul_packed`] of several matrices over the same activations (a layer's query, key and
+/// value projections; its gate and up projections): the activations are quantized once and
+/// every matrix's tiles go to the threads in one dispatch, so that a decode step waits at one
+/// barrier instead of three. Each output is the same as [`matmul_packed`]'s, bit for bit.
+pub fn matmul_packed_many(ws: &[&PackedMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+    matmul_packed_many_isa(ws, x, n, outs, isa::get());
+}
+
+/// What the activation blocks of a matrix look like: matrices share them only when equal.
+fn act_key(w: &PackedMatrix) -> (bool, bool, u32) {
+    let lay = w.layout();
+    let offset = if lay.kquant || lay.min {
+        0
+    } else {
+        lay.offset.to_bits()
+    };
+    (lay.kquant, has_min(w.dtype), offset)
+}
+
+/// One matrix's share of a [`matmul_packed_many`] dispatch.
+struct Plan<'a> {
+    w: &'a PackedMatrix,
+    lay: Layout,
+    out: SyncPtr<f32>,
+    /// Tokens that take llama.cpp's multi-row order (`TileFn`).
+    multi: usize,
+    tiles: usize,
+    /// Row tiles and tokens per chunk.
+    tr: usize,
+    tt: usize,
+    /// Token chunks per row chunk.
+    nt: usize,
+    /// Index of this matrix's first chunk in the dispatch.
+    first: usize,
+}
+
+pub(crate) fn matmul_packed_many_isa(
+    ws: &[&PackedMatrix],
+    x: &[f32],
+    n: usize,
+    outs: &mut [&mut [f32]],
+    isa: Isa,
+) {
+    assert_eq!(
+        ws.len(),
+        outs.len(),
+        "matmul_packed_many: one output per matrix"
+    );
+    if ws.is_empty() {
         return;
     }
-    let (lay, kernel, rows) = (w.layout(), tile_kernel(isa), w.rows);
-    let act = if lay.kquant { Act::Q8K } else { Act::Q8S };
-    // Tokens that take llama.cpp's multi-row order (`TileFn`): its repacked `Q4_K` kernel
-    // takes them four at a time, its tiled K-quant kernel takes `Q6_K` batches of 8 or more.
-    let multi = match w.dtype {
-        GgmlDType::Q4K => n - n % 4,
-        GgmlDType::Q6K if n >= 8 => n,
-        _ => 0,
-    };
-    with_activations(act, has_min(w.dtype), x, w.cols, |act, arow| {
-        if !lay.kquant && !lay.min {
-            // Each lane of an offset format's sum starts from `-offset · Σ` of its activations.
-            let off = lay.offset as i32;
-            for b in super::blocks::cast_mut::<BlockQ8s>(act) {
-                b.c4.iter_mut().for_each(|c| *c *= -off);
-            }
+    if ws.iter().any(|w| act_key(w) != act_key(ws[0])) {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            matmul_packed_many_isa(&[w], x, n, &mut [out], isa);
         }
-        let act = &*act;
-        let tiles = rows.div_ceil(R);
+        return;
+    }
+    let cols = ws[0].cols;
+    assert_eq!(x.len(), n * cols, "matmul_packed: activation length");
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        assert_eq!(w.cols, cols, "matmul_packed_many: matrices of one width");
+        assert_eq!(out.len(), n * w.rows, "matmul_packed: output length");
+    }
+    if n == 0 {
+        return;
+    }
+    let kernel = tile_kernel(isa);
+    let lay0 = ws[0].layout();
+    let act = if lay0.kquant { Act::Q8K } else { Act::Q8S };
+    let mut plans = Vec::with_capacity(ws.len());
+    let mut total = 0;
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        let lay = w.layout();
+        // llama.cpp's repacked `Q4_K` kernel takes tokens four at a time, its tiled K-quant
+        // kernel takes `Q6_K` batches of 8 or more.
+        let multi = match w.dtype {
+            GgmlDType::Q4K => n - n % 4,
+            GgmlDType::Q6K if n >= 8 => n,
+            _ => 0,
+        };
+        let tiles = w.rows.div_ceil(R);
         let (tr, tt) = if n == 1 {
             ((tiles / (pool::threads() * 8)).clamp(1, 32), 1)
         } else {
             (1, 64)
         };
-        let (nr, nt) = (tiles.div_ceil(tr), n.div_ceil(tt));
-        let chunks = pool::Chunks::new(nr * nt);
-        let optr = SyncPtr(out.as_mut_ptr());
+        let nt = n.div_ceil(tt);
+        plans.push(Plan {
+            w,
+            lay,
+            out: SyncPtr(out.as_mut_ptr()),
+            multi,
+            tiles,
+            tr,
+            tt,
+            nt,
+            first: total,
+        });
+        total += tiles.div_ceil(tr) * nt;
+    }
+    if total == 0 {
+        return;
+    }
+    with_activations(act, has_min(ws[0].dtype), x, cols, |act, arow| {
+        if !lay0.kquant && !lay0.min {
+            // Each lane of an offset format's sum starts from `-offset · Σ` of its activations.
+            let off = lay0.offset as i32;
+            for b in super::blocks::cast_mut::<BlockQ8s>(act) {
+                b.c4.iter_mut().for_each(|c| *c *= -off);
+            }
+        }
+        let act = &*act;
+        let chunks = pool::Chunks::new(total);
         let task = |_| {
             while let Some(c) = chunks.claim() {
-                let (ri, ti) = (c / nt, c % nt);
-                let t_end = ((ti + 1) * tt).min(n);
-                for tile in ri * tr..((ri + 1) * tr).min(tiles) {
-                    let mut t0 = ti * tt;
+                let p = plans
+                    .iter()
+                    .rev()
+                    .find(|p| p.first <= c)
+                    .expect("chunk 0 is plan 0's");
+                let c = c - p.first;
+                let (ri, ti, rows) = (c / p.nt, c % p.nt, p.w.rows);
+                let t_end = ((ti + 1) * p.tt).min(n);
+                for tile in ri * p.tr..((ri + 1) * p.tr).min(p.tiles) {
+                    let mut t0 = ti * p.tt;
                     while t0 < t_end {
                         let k = (t_end - t0).min(isa::MAX_TOKENS);
                         let mut v = [[0f32; R]; isa::MAX_TOKENS];
                         let a = &act[t0 * arow..(t0 + k) * arow];
-                        let gemm = multi.saturating_sub(t0).min(k);
+                        let gemm = p.multi.saturating_sub(t0).min(k);
                         // SAFETY: the kernel matches an ISA this CPU supports.
-                        unsafe { kernel(&lay, w.tile(tile), a, arow, gemm, &mut v[..k]) };
+                        unsafe { kernel(&p.lay, p.w.tile(tile), a, arow, gemm, &mut v[..k]) };
                         let live = (rows - tile * R).min(R);
                         for (j, v) in v[..k].iter().enumerate() {
-                            // SAFETY: each (t, row) belongs to one claimed chunk; the `live`
-                            // rows from `tile * R` of token `t0 + j` are below `n * rows`.
+                            // SAFETY: each (t, row) of a matrix belongs to one claimed chunk;
+                            // the `live` rows from `tile * R` of token `t0 + j` are below
+                            // `n * rows`, inside that matrix's output.
                             unsafe {
-                                let o = optr.get().add((t0 + j) * rows + tile * R);
+                                let o = p.out.get().add((t0 + j) * rows + tile * R);
                                 std::ptr::copy_nonoverlapping(v.as_ptr(), o, live);
                             }
                         }
@@ -487,7 +578,7 @@ pub(crate) fn matmul_packed_isa(w: &PackedMatrix, x: &[f32], n: usize, out: &mut
                 }
             }
         };
-        if nr * nt == 1 {
+        if total == 1 {
             task(0)
         } else {
             pool::run(&task)

@@ -148,7 +148,7 @@ pub fn attend(
 
 /// Runs of at least this many tokens of one sequence take the tiled kernel (llama.cpp's
 /// `GGML_FA_TILE_Q`); it is also the tiled kernel's width in positions (`GGML_FA_TILE_KV`).
-const TILE: usize = 64;
+pub(super) const TILE: usize = 64;
 
 /// Spans ending at or before this position are never split (llama.cpp pads its KV view to 256
 /// cells and splits only views of 512 or more).

@@ -6,6 +6,7 @@ mod attention;
 pub mod candle_backend;
 pub mod config;
 pub mod kv;
+mod pieces;
 mod transformer;
 mod weights;
 

@@ -35,9 +35,44 @@ impl Transformer {
 
     /// `out[t] = W x[t] + b` for the `n` rows of `x`.
     fn linear(&self, l: &Linear, x: &[f32], n: usize, out: &mut Vec<f32>) {
-        out.resize(n * l.rows, 0.0);
-        let packed = if self.pack {
-            l.packed.get_or_init(|| {
+        self.linear_many(&[l], x, n, &mut [out]);
+    }
+
+    /// [`Self::linear`] for several matrices over the same input, in one dispatch of the
+    /// packed kernels (the activations quantized once).
+    fn linear_many(&self, ls: &[&Linear], x: &[f32], n: usize, outs: &mut [&mut Vec<f32>]) {
+        let packed: Vec<Option<&kernels::PackedMatrix>> =
+            ls.iter().map(|l| self.packed(l)).collect();
+        for (l, out) in ls.iter().zip(outs.iter_mut()) {
+            out.resize(n * l.rows, 0.0);
+        }
+        if let Some(ws) = packed.iter().copied().collect::<Option<Vec<_>>>() {
+            let mut os: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            kernels::matmul_packed_many(&ws, x, n, &mut os);
+        } else {
+            for ((l, p), out) in ls.iter().zip(&packed).zip(outs.iter_mut()) {
+                match p {
+                    Some(p) => kernels::matmul_packed(p, x, n, out),
+                    None => kernels::matmul(&l.matrix(&self.file), x, n, out),
+                }
+            }
+        }
+        for (l, out) in ls.iter().zip(outs.iter_mut()) {
+            if let Some(b) = &l.bias {
+                for row in out.chunks_exact_mut(l.rows) {
+                    ops::add_inplace(row, b);
+                }
+            }
+        }
+    }
+
+    /// `l` repacked for the fast kernels (on first use), or `None` for the GGUF layout.
+    fn packed<'a>(&'a self, l: &'a Linear) -> Option<&'a kernels::PackedMatrix> {
+        if !self.pack {
+            return None;
+        }
+        l.packed
+            .get_or_init(|| {
                 // The packed copy replaces the mapped pages: let the kernel drop them as each
                 // slice is packed, so the two copies never coexist whole.
                 let base = l.range.start;
@@ -45,18 +80,7 @@ impl Transformer {
                     self.file.release(base + r.start..base + r.end)
                 })
             })
-        } else {
-            &None
-        };
-        match packed {
-            Some(p) => kernels::matmul_packed(p, x, n, out),
-            None => kernels::matmul(&l.matrix(&self.file), x, n, out),
-        }
-        if let Some(b) = &l.bias {
-            for row in out.chunks_exact_mut(l.rows) {
-                ops::add_inplace(row, b);
-            }
-        }
+            .as_ref()
     }
 
     /// Rotates every head of each row in place.
@@ -79,9 +103,45 @@ impl Model for Transformer {
     }
 
     fn forward(&self, batch: &Batch, pool: &mut KvPool, seqs: &mut [SeqKv]) -> Result<Vec<f32>> {
+        self.forward_in_pieces(batch, pool, seqs, PIECE)
+    }
+}
+
+/// Tokens per piece of a long batch ([`Batch::pieces`]): enough for the matrix products to run
+/// at full speed (their chunks are 64 tokens), few enough that a 512-token prefill holds a
+/// quarter of its activations.
+pub const PIECE: usize = 128;
+
+impl Transformer {
+    /// [`Model::forward`], a batch longer than `2 * piece` tokens cut into pieces of at least
+    /// `piece` that run one after another (`usize::MAX`: one pass). The logits are the same to
+    /// the bit either way; only the memory the activations take changes.
+    pub fn forward_in_pieces(
+        &self,
+        batch: &Batch,
+        pool: &mut KvPool,
+        seqs: &mut [SeqKv],
+        piece: usize,
+    ) -> Result<Vec<f32>> {
+        batch.check(seqs.len(), &self.cfg)?;
+        if piece == usize::MAX || batch.len() < piece.saturating_mul(2) {
+            return self.pass(batch, pool, seqs);
+        }
+        let pieces = batch.pieces(piece, attention::TILE);
+        if pieces.len() == 1 {
+            return self.pass(batch, pool, seqs);
+        }
+        let mut logits = Vec::new();
+        for r in pieces {
+            logits.extend(self.pass(&batch.slice(r), pool, seqs)?);
+        }
+        Ok(logits)
+    }
+
+    /// One forward pass over the whole batch.
+    fn pass(&self, batch: &Batch, pool: &mut KvPool, seqs: &mut [SeqKv]) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let n = batch.tokens.len();
-        batch.check(seqs.len(), cfg)?;
         let (d, qd, kvd) = (cfg.dim, cfg.q_dim(), cfg.kv_dim());
         for (s, seq) in seqs.iter_mut().enumerate() {
             if let Some((lo, hi)) = batch.span(s) {
@@ -114,9 +174,12 @@ impl Model for Transformer {
 
         for (il, lw) in self.w.layers.iter().enumerate() {
             rms_rows(&x, &lw.attn_norm, cfg.rms_eps, &mut h);
-            self.linear(&lw.wq, &h, n, &mut q);
-            self.linear(&lw.wk, &h, n, &mut k);
-            self.linear(&lw.wv, &h, n, &mut v);
+            self.linear_many(
+                &[&lw.wq, &lw.wk, &lw.wv],
+                &h,
+                n,
+                &mut [&mut q, &mut k, &mut v],
+            );
             if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
                 rms_rows_inplace(&mut q, qn, cfg.rms_eps);
                 rms_rows_inplace(&mut k, kn, cfg.rms_eps);
@@ -145,8 +208,7 @@ impl Model for Transformer {
             ops::add_inplace(&mut x, &o);
 
             rms_rows(&x, &lw.ffn_norm, cfg.rms_eps, &mut h);
-            self.linear(&lw.w_gate, &h, n, &mut g);
-            self.linear(&lw.w_up, &h, n, &mut u);
+            self.linear_many(&[&lw.w_gate, &lw.w_up], &h, n, &mut [&mut g, &mut u]);
             match cfg.activation {
                 Activation::Silu => ops::silu_mul(&mut g, &u),
                 Activation::GeluTanh => ops::gelu_tanh_mul(&mut g, &u),
