@@ -21,6 +21,7 @@
 mod blocks;
 mod dequant;
 mod dot_scalar;
+pub mod expf;
 pub mod f16ops;
 mod isa;
 pub mod ops;

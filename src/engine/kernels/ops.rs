@@ -31,6 +31,8 @@ macro_rules! multiversion {
     };
 }
 
+pub(super) use multiversion;
+
 #[inline(always)]
 fn axpy_impl(alpha: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len(), "axpy: lengths");

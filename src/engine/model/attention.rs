@@ -229,6 +229,8 @@ struct Scratch {
     y: Vec<f16>,
     /// Softmax weights: one position's per head (one-row), one tile's per head (tiled).
     e: Vec<f32>,
+    /// One-row kernel: whether each `[head][position]` score raises the head's maximum.
+    raise: Vec<bool>,
 }
 
 /// Query heads sharing one KV head, against one sequence's cache.
@@ -305,6 +307,10 @@ impl Part<'_> {
 
     /// llama.cpp's one-row kernel: position by position, a new maximum rescales the `f16`
     /// accumulator, every value row is added to it with its weight `e^(s - max)`.
+    ///
+    /// The exponentials do not depend on the accumulator, so they are taken first, for the
+    /// whole span at once: the running maximum is a prefix maximum, and the C library's `expf`
+    /// ([`kernels::expf`], the same bits) runs vectorized over all of them.
     fn attend_row(&self, q: &[f32], o: &mut [f32], stats: &mut [f32], scratch: &mut Scratch) {
         let (hd, n, lo) = (self.hd, self.span.len(), self.span.start);
         let g = q.len() / hd;
@@ -315,15 +321,32 @@ impl Part<'_> {
             q: qh,
             y,
             e: vs,
+            raise,
         } = scratch;
         qh.clear();
         qh.extend(q.iter().map(|&v| f16::from_f32(v).to_f32()));
         w.resize(g * n, 0.0);
         self.scores(qh, w, tmp);
+        let (m, s) = stats.split_at_mut(g);
+        // Where a score raises its head's maximum, the weight is 1 and the accumulator is
+        // rescaled by `e^(old max - score)`; elsewhere the weight is `e^(score - max)`.
+        raise.clear();
+        raise.resize(g * n, false);
+        for h in 0..g {
+            let mut mx = f32::NEG_INFINITY;
+            let row = &mut w[h * n..(h + 1) * n];
+            for (v, r) in row.iter_mut().zip(&mut raise[h * n..(h + 1) * n]) {
+                if *v > mx {
+                    (*v, mx, *r) = (mx - *v, *v, true);
+                } else {
+                    *v -= mx;
+                }
+            }
+            m[h] = mx;
+        }
+        kernels::expf::expf_inplace(w);
         y.clear();
         y.resize(g * hd, f16::ZERO);
-        let (m, s) = stats.split_at_mut(g);
-        m.fill(f32::NEG_INFINITY);
         s.fill(0.0);
         vs.clear();
         vs.resize(g, 0.0);
@@ -332,17 +355,15 @@ impl Part<'_> {
             for i in 0..cnt {
                 let at = b * BLOCK + p0 + i - lo;
                 for h in 0..g {
-                    let sc = w[h * n + at];
+                    let e = w[h * n + at];
                     // The sum is `fma(sum, ms, vs)`, where one of the two factors is 1.
-                    if sc > m[h] {
-                        let ms = (m[h] - sc).exp();
-                        m[h] = sc;
-                        h::scale_f16(&mut y[h * hd..(h + 1) * hd], ms);
+                    if raise[h * n + at] {
+                        h::scale_f16(&mut y[h * hd..(h + 1) * hd], e);
                         vs[h] = 1.0;
-                        s[h] = s[h].mul_add(ms, 1.0);
+                        s[h] = s[h].mul_add(e, 1.0);
                     } else {
-                        vs[h] = (sc - m[h]).exp();
-                        s[h] += vs[h];
+                        vs[h] = e;
+                        s[h] += e;
                     }
                 }
                 // Every head's `y += v · vs`, the value row read once for the group.
