@@ -2,9 +2,12 @@
 //! (ref-counted in the pool), and a later request that starts with the same tokens forks them
 //! instead of running that part of the prefill again. Least recently used entries go first.
 //!
-//! Only whole blocks are shared. A shared block is then never written again (every later write
-//! lands past it), so sharing never triggers a copy-on-write and a sequence never needs more
-//! blocks than its own length: the scheduler's reservations stay exact.
+//! A prompt is kept to its last token, so that the same prompt again (a retry, a template sent
+//! verbatim) runs one token instead of up to a block's worth. A partly filled last block is
+//! copied on write by whichever sequence writes into it next, so the cache's copy becomes its
+//! own block: the scheduler keeps room for it ([`PrefixCache::register`]'s `room`), and counts
+//! every entry in whole blocks. A sequence never holds more blocks than its own length, so the
+//! scheduler's reservations stay exact.
 
 use crate::engine::generate::Sequence;
 use crate::engine::model::kv::BLOCK;
@@ -36,9 +39,9 @@ impl PrefixCache {
         }
     }
 
-    /// KV positions the cache holds.
+    /// KV positions the cache holds, in whole blocks.
     pub(super) fn tokens(&self) -> usize {
-        self.entries.iter().map(|e| e.kv.len()).sum()
+        self.entries.iter().map(|e| blocks_for(e.kv.len())).sum()
     }
 
     /// Whether it holds nothing.
@@ -55,8 +58,8 @@ impl PrefixCache {
         }
     }
 
-    /// Forks the longest cached prefix of the sequence's prompt into it, in whole blocks and
-    /// leaving at least one prompt token to run. Returns the positions reused.
+    /// Forks the longest cached prefix of the sequence's prompt into it, leaving at least one
+    /// prompt token to run. Returns the positions reused.
     pub(super) fn reuse(&mut self, pool: &mut KvPool, seq: &mut Sequence) -> usize {
         let prompt = &seq.tokens()[..seq.prompt_len()];
         let shared = |e: &Entry| {
@@ -73,7 +76,7 @@ impl PrefixCache {
             .map(|(i, e)| (i, shared(e)))
             .max_by_key(|&(_, n)| n);
         let Some((i, n)) = best else { return 0 };
-        let n = whole_blocks(n.min(prompt.len() - 1));
+        let n = n.min(prompt.len() - 1);
         if n < MIN_REUSE {
             return 0;
         }
@@ -84,9 +87,12 @@ impl PrefixCache {
         n
     }
 
-    /// Keeps the prompt of a sequence whose prefill just finished (its whole blocks).
-    pub(super) fn register(&mut self, pool: &mut KvPool, seq: &Sequence) {
-        let n = whole_blocks(seq.prompt_len().min(seq.kv.len()));
+    /// Keeps the prompt of a sequence whose prefill just finished: all of it when `room` (the
+    /// cache may hold one more block than the scheduler has counted, for the copy of a partly
+    /// filled last block), else its whole blocks.
+    pub(super) fn register(&mut self, pool: &mut KvPool, seq: &Sequence, room: bool) {
+        let n = seq.prompt_len().min(seq.kv.len());
+        let n = if room { n } else { whole_blocks(n) };
         if n < MIN_REUSE || self.capacity == 0 {
             return;
         }

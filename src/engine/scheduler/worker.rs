@@ -13,6 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::engine::error::EngineError;
 use crate::engine::generate::{GenerationRequest, Sequence};
 use crate::engine::loaded::LoadedModel;
+use crate::engine::model::kv::BLOCK;
 use crate::engine::model::{Batch, KvPool, SeqKv};
 use crate::engine::sampler::{self, TokenLogprob};
 
@@ -249,7 +250,10 @@ impl Worker {
             self.running[i].seq.mark_cached(n);
             if complete && !self.running[i].registered {
                 self.running[i].registered = true;
-                self.prefixes.register(&mut self.pool, &self.running[i].seq);
+                let room =
+                    self.reserved + self.prefixes.tokens() + BLOCK <= self.pool.capacity_tokens();
+                self.prefixes
+                    .register(&mut self.pool, &self.running[i].seq, room);
             }
             let r = &mut self.running[i];
             if let Some((top, scores)) = &mut r.score {
