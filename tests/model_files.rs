@@ -7,6 +7,9 @@ use candle_core::{Device, Tensor};
 use ward::engine::error::EngineError;
 use ward::engine::model::{self, Batch, SeqKv};
 
+#[path = "support/pieces.rs"]
+mod pieces;
+
 const DIM: usize = 64;
 const FF: usize = 128;
 const VOCAB: usize = 96;
@@ -264,24 +267,9 @@ fn long_prefill_in_pieces_matches_one_pass() {
     let file = ward::engine::gguf::GgufFile::open(&p).unwrap();
     let m = model::Transformer::new(file).unwrap();
     let prompt: Vec<u32> = (0..601).map(|i| (i * 37 % VOCAB) as u32).collect();
-    let run = |piece: usize| {
-        let mut pool = model::Model::new_pool(&m, 1024);
-        let mut seqs = [SeqKv::default()];
-        let mut batch = Batch::single(&prompt, 0);
-        // Logits at a few places inside the pieces too.
-        for t in [3, 127, 128, 300] {
-            batch.logits[t] = true;
-        }
-        let mut out = m
-            .forward_in_pieces(&batch, &mut pool, &mut seqs, piece)
-            .unwrap();
-        out.extend(
-            m.forward_in_pieces(&Batch::single(&[7], 601), &mut pool, &mut seqs, piece)
-                .unwrap(),
-        );
-        out
-    };
-    let (pieces, whole) = (run(128), run(usize::MAX));
-    assert_eq!(pieces.len(), 6 * VOCAB);
-    assert_eq!(pieces, whole, "prefill in pieces differs from one pass");
+    // Logits at a few places inside the pieces too.
+    let run = |piece| pieces::logits(&m, &prompt, &[3, 127, 128, 300], 7, piece);
+    let (cut, whole) = (run(128), run(usize::MAX));
+    assert_eq!(cut.len(), 6 * VOCAB);
+    assert_eq!(cut, whole, "prefill in pieces differs from one pass");
 }

@@ -3,7 +3,10 @@
 //! whole prompt, and of a decode step after each, must be equal to the last bit.
 
 use ward::engine::gguf::GgufFile;
-use ward::engine::model::{Batch, Model, SeqKv, Transformer};
+use ward::engine::model::{Model, Transformer};
+
+#[path = "support/pieces.rs"]
+mod pieces;
 
 fn check(name: &str) {
     let path = ward::catalog::ensure(name).expect("fetch model");
@@ -12,26 +15,11 @@ fn check(name: &str) {
     // 522 tokens: pieces of 128, 128, 128 and 138, the last ending in the two tokens that the
     // `Q4_K` kernels take in their one-row order.
     let prompt: Vec<u32> = (0..522u32).map(|i| (i * 7919 + 13) % vocab).collect();
-    let run = |piece: usize| {
-        let mut pool = m.new_pool(1024);
-        let mut seqs = [SeqKv::default()];
-        let mut batch = Batch::single(&prompt, 0);
-        for t in [0, 200, 400] {
-            batch.logits[t] = true;
-        }
-        let mut out = m
-            .forward_in_pieces(&batch, &mut pool, &mut seqs, piece)
-            .unwrap();
-        out.extend(
-            m.forward_in_pieces(&Batch::single(&[42], 522), &mut pool, &mut seqs, piece)
-                .unwrap(),
-        );
-        out
-    };
-    let (pieces, whole) = (run(128), run(usize::MAX));
-    assert_eq!(pieces.len(), 5 * vocab as usize);
+    let run = |piece| pieces::logits(&m, &prompt, &[0, 200, 400], 42, piece);
+    let (cut, whole) = (run(128), run(usize::MAX));
+    assert_eq!(cut.len(), 5 * vocab as usize);
     assert!(
-        pieces == whole,
+        cut == whole,
         "{name}: prefill in pieces differs from one pass"
     );
 }
