@@ -1,5 +1,6 @@
 //! Prometheus metrics, all prefixed `ward_`: requests by route and status, queue depth,
-//! time-to-first-token and inter-token latency histograms, prompt and generated token counters.
+//! time-to-first-token and inter-token latency histograms, prompt (and prefix-cached prompt)
+//! and generated token counters.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -74,7 +75,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
-    pub fn render(&self, queue_depth: usize, running: usize) -> String {
+    pub fn render(&self, queue_depth: usize, running: usize, cached_tokens: u64) -> String {
         let mut out = String::new();
         out.push_str("# HELP ward_requests_total HTTP requests by route and status.\n# TYPE ward_requests_total counter\n");
         if let Ok(m) = self.requests.lock() {
@@ -107,6 +108,10 @@ impl Metrics {
             out,
             "# HELP ward_prompt_tokens_total Prompt tokens processed.\n# TYPE ward_prompt_tokens_total counter\nward_prompt_tokens_total {}",
             self.prompt_tokens.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ward_prompt_tokens_cached_total Prompt tokens served from the prefix cache.\n# TYPE ward_prompt_tokens_cached_total counter\nward_prompt_tokens_cached_total {cached_tokens}"
         );
         let _ = writeln!(
             out,

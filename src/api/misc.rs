@@ -214,16 +214,17 @@ pub async fn health(State(state): State<AppState>) -> Response {
 /// `GET /metrics`: Prometheus text.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus metrics")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let (mut depth, mut running) = (0, 0);
+    let (mut depth, mut running, mut cached) = (0, 0, 0);
     for (_, s) in state.registry.slots() {
         if let Slot::Ready(m) = s {
             depth += m.scheduler.queue_depth();
             running += m.scheduler.running();
+            cached += m.scheduler.cached_tokens();
         }
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(depth, running),
+        state.metrics.render(depth, running, cached),
     )
         .into_response()
 }

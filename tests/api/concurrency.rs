@@ -187,3 +187,30 @@ async fn kv_cache_pressure_queues_instead_of_failing() {
     let again = post(&app, "/v1/completions", &bodies[0]).await;
     again.ok_json();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_prompt_again_comes_from_the_prefix_cache_to_its_last_token() {
+    // 101 prompt tokens: three whole 32-position blocks and 5 more. The second request runs
+    // only its last token; the 100 before it, partial block included, come from the cache.
+    let app = app_with(test_config(), &[]);
+    let prompt: Vec<u32> = (0..101u32).map(|i| 200 + i * 13 % 900).collect();
+    let body = json!({"prompt": prompt, "max_tokens": 3, "temperature": 0});
+    let cached = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("ward_prompt_tokens_cached_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("cached-token counter in /metrics")
+    };
+    let first = post(&app, "/v1/completions", &body).await.ok_json();
+    assert_eq!(cached(&get(&app, "/metrics").await.body), 0);
+    let second = post(&app, "/v1/completions", &body).await.ok_json();
+    assert_eq!(cached(&get(&app, "/metrics").await.body), 100);
+    for v in [&first, &second] {
+        assert_eq!(v["usage"]["prompt_tokens"], 101);
+        assert_eq!(v["usage"]["completion_tokens"], 3);
+    }
+    // Continuing past the shared block's end (a copy on write) leaves the cached prompt
+    // intact for a third request.
+    post(&app, "/v1/completions", &body).await.ok_json();
+    assert_eq!(cached(&get(&app, "/metrics").await.body), 200);
+}

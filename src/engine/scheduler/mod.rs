@@ -12,7 +12,7 @@ mod prefix;
 mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Instant;
 
@@ -99,6 +99,8 @@ struct Gauges {
     depth: AtomicUsize,
     /// Sequences being generated.
     running: AtomicUsize,
+    /// Prompt tokens taken from the prefix cache instead of being computed.
+    cached: AtomicU64,
 }
 
 /// A cloneable handle for submitting requests.
@@ -163,6 +165,11 @@ impl SchedulerHandle {
     /// Sequences being generated.
     pub fn running(&self) -> usize {
         self.gauges.running.load(Ordering::SeqCst)
+    }
+
+    /// Prompt tokens served from the prefix cache so far.
+    pub fn cached_tokens(&self) -> u64 {
+        self.gauges.cached.load(Ordering::Relaxed)
     }
 }
 

@@ -152,6 +152,9 @@ impl Worker {
                 cached,
                 "admitted"
             );
+            self.gauges
+                .cached
+                .fetch_add(cached as u64, Ordering::Relaxed);
             let reserved = need;
             self.reserved += reserved;
             let _ = job.events.send(SeqEvent::Started {
