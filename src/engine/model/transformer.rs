@@ -35,22 +35,27 @@ impl Transformer {
 
     /// `out[t] = W x[t] + b` for the `n` rows of `x`.
     fn linear(&self, l: &Linear, x: &[f32], n: usize, out: &mut Vec<f32>) {
-        self.linear_many(&[l], x, n, &mut [out]);
+        self.linear_many([l], x, n, [out]);
     }
 
     /// [`Self::linear`] for several matrices over the same input, in one dispatch of the
     /// packed kernels (the activations quantized once).
-    fn linear_many(&self, ls: &[&Linear], x: &[f32], n: usize, outs: &mut [&mut Vec<f32>]) {
-        let packed: Vec<Option<&kernels::PackedMatrix>> =
-            ls.iter().map(|l| self.packed(l)).collect();
+    fn linear_many<const N: usize>(
+        &self,
+        ls: [&Linear; N],
+        x: &[f32],
+        n: usize,
+        mut outs: [&mut Vec<f32>; N],
+    ) {
         for (l, out) in ls.iter().zip(outs.iter_mut()) {
             out.resize(n * l.rows, 0.0);
         }
-        if let Some(ws) = packed.iter().copied().collect::<Option<Vec<_>>>() {
-            let mut os: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-            kernels::matmul_packed_many(&ws, x, n, &mut os);
+        let packed = ls.map(|l| self.packed(l));
+        if packed.iter().all(Option::is_some) {
+            let ws = packed.map(|p| p.expect("checked"));
+            kernels::matmul_packed_many(&ws, x, n, &mut outs.each_mut().map(|o| o.as_mut_slice()));
         } else {
-            for ((l, p), out) in ls.iter().zip(&packed).zip(outs.iter_mut()) {
+            for ((l, p), out) in ls.iter().zip(packed).zip(outs.iter_mut()) {
                 match p {
                     Some(p) => kernels::matmul_packed(p, x, n, out),
                     None => kernels::matmul(&l.matrix(&self.file), x, n, out),
@@ -124,7 +129,7 @@ impl Transformer {
         piece: usize,
     ) -> Result<Vec<f32>> {
         batch.check(seqs.len(), &self.cfg)?;
-        if piece == usize::MAX || batch.len() < piece.saturating_mul(2) {
+        if batch.len() < piece.saturating_mul(2) {
             return self.pass(batch, pool, seqs);
         }
         let pieces = batch.pieces(piece, attention::TILE);
@@ -174,12 +179,7 @@ impl Transformer {
 
         for (il, lw) in self.w.layers.iter().enumerate() {
             rms_rows(&x, &lw.attn_norm, cfg.rms_eps, &mut h);
-            self.linear_many(
-                &[&lw.wq, &lw.wk, &lw.wv],
-                &h,
-                n,
-                &mut [&mut q, &mut k, &mut v],
-            );
+            self.linear_many([&lw.wq, &lw.wk, &lw.wv], &h, n, [&mut q, &mut k, &mut v]);
             if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
                 rms_rows_inplace(&mut q, qn, cfg.rms_eps);
                 rms_rows_inplace(&mut k, kn, cfg.rms_eps);
@@ -208,7 +208,7 @@ impl Transformer {
             ops::add_inplace(&mut x, &o);
 
             rms_rows(&x, &lw.ffn_norm, cfg.rms_eps, &mut h);
-            self.linear_many(&[&lw.w_gate, &lw.w_up], &h, n, &mut [&mut g, &mut u]);
+            self.linear_many([&lw.w_gate, &lw.w_up], &h, n, [&mut g, &mut u]);
             match cfg.activation {
                 Activation::Silu => ops::silu_mul(&mut g, &u),
                 Activation::GeluTanh => ops::gelu_tanh_mul(&mut g, &u),
