@@ -360,9 +360,17 @@ fn pack_tile(w: &QMatrix, lay: &Layout, t: usize, tile: &mut [u8]) {
 /// a[t]`, with `a` holding [`BlockQ8s`] (32-wide formats) or [`BlockQ8K`] rows `arow` apart.
 /// `gemm`: how many of the leading tokens take llama.cpp's multi-row order for `Q4_K` and
 /// `Q6_K` (whose kernels for batches sum in another order than its one-row kernels); other
-/// formats ignore it.
-pub type TileFn =
-    unsafe fn(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, gemm: usize, out: &mut [[f32; R]]);
+/// formats ignore it. `stream`: the call is the only pass over the tile (a decode-sized batch),
+/// so the kernel prefetches the weights ahead of its first pass.
+pub type TileFn = unsafe fn(
+    lay: &Layout,
+    tile: &[u8],
+    a: &[u8],
+    arow: usize,
+    gemm: usize,
+    stream: bool,
+    out: &mut [[f32; R]],
+);
 
 /// Portable reference for the packed kernels.
 fn tile_scalar(
@@ -371,6 +379,7 @@ fn tile_scalar(
     a: &[u8],
     arow: usize,
     _gemm: usize,
+    _stream: bool,
     out: &mut [[f32; R]],
 ) {
     if lay.kquant {
@@ -512,8 +521,10 @@ pub(crate) fn matmul_packed_many_isa(
             _ => 0,
         };
         let tiles = w.rows.div_ceil(R);
-        let (tr, tt) = if n == 1 {
-            ((tiles / (pool::threads() * 8)).clamp(1, 32), 1)
+        // Decode-sized batches (one kernel call per tile) stream the weights: runs of
+        // consecutive tiles per chunk, so each thread reads (and prefetches) contiguous memory.
+        let (tr, tt) = if n <= isa::MAX_TOKENS {
+            ((tiles / (pool::threads() * 8)).clamp(1, 32), n)
         } else {
             (1, 64)
         };
@@ -543,6 +554,7 @@ pub(crate) fn matmul_packed_many_isa(
             }
         }
         let act = &*act;
+        let stream = n <= isa::MAX_TOKENS;
         let chunks = pool::Chunks::new(total);
         let task = |_| {
             while let Some(c) = chunks.claim() {
@@ -562,7 +574,9 @@ pub(crate) fn matmul_packed_many_isa(
                         let a = &act[t0 * arow..(t0 + k) * arow];
                         let gemm = p.multi.saturating_sub(t0).min(k);
                         // SAFETY: the kernel matches an ISA this CPU supports.
-                        unsafe { kernel(&p.lay, p.w.tile(tile), a, arow, gemm, &mut v[..k]) };
+                        unsafe {
+                            kernel(&p.lay, p.w.tile(tile), a, arow, gemm, stream, &mut v[..k])
+                        };
                         let live = (rows - tile * R).min(R);
                         for (j, v) in v[..k].iter().enumerate() {
                             // SAFETY: each (t, row) of a matrix belongs to one claimed chunk;

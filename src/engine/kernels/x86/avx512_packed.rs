@@ -11,10 +11,11 @@ use std::arch::x86_64::*;
 /// When streaming weights for one token, prefetch this far ahead.
 const PREFETCH: usize = 2048;
 
-/// Prefetches the column `PREFETCH` bytes after `col` (decode only: prefill reuses the tile).
+/// Prefetches the column `PREFETCH` bytes after `col` when the pass streams the weights (the
+/// first pass over a tile of a decode-sized batch: prefill reuses the tile from cache).
 #[inline(always)]
-fn prefetch<const T: usize>(col: *const u8, bytes: usize) {
-    if T == 1 {
+fn prefetch(stream: bool, col: *const u8, bytes: usize) {
+    if stream {
         for off in (0..bytes).step_by(64) {
             // SAFETY: prefetching never faults; the address is only a hint.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(col.wrapping_add(PREFETCH + off).cast()) };
@@ -77,6 +78,7 @@ unsafe fn tile_fast<const T: usize>(
     tile: &[u8],
     a: &[u8],
     arow: usize,
+    stream: bool,
     out: &mut [[f32; R]],
 ) {
     let nb = tile.len() / lay.bytes;
@@ -84,7 +86,7 @@ unsafe fn tile_fast<const T: usize>(
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-        prefetch::<T>(col, lay.bytes);
+        prefetch(stream, col, lay.bytes);
         // SAFETY: `col` is one whole block column (`lay.bytes` bytes).
         let (dw, m, wv) = unsafe { unpack32(lay, col) };
         let c = if lay.min {
@@ -125,6 +127,7 @@ unsafe fn tile_x<const T: usize>(
     tile: &[u8],
     a: &[u8],
     arow: usize,
+    stream: bool,
     out: &mut [[f32; R]],
 ) {
     let nb = tile.len() / lay.bytes;
@@ -134,7 +137,7 @@ unsafe fn tile_x<const T: usize>(
     let mut summ = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-        prefetch::<T>(col, lay.bytes);
+        prefetch(stream, col, lay.bytes);
         // SAFETY: `col` is one whole block column (`lay.bytes` bytes).
         let (dw, m, wv) = unsafe { unpack32(lay, col) };
         for t in 0..T {
@@ -181,6 +184,7 @@ unsafe fn tile_k<const T: usize, const Q5: bool>(
     tile: &[u8],
     a: &[u8],
     arow: usize,
+    stream: bool,
     gemm: usize,
     out: &mut [[f32; R]],
 ) {
@@ -200,7 +204,7 @@ unsafe fn tile_k<const T: usize, const Q5: bool>(
     };
     for b in 0..nb {
         let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-        prefetch::<T>(col, lay.bytes);
+        prefetch(stream, col, lay.bytes);
         // SAFETY: token `t`'s block `b` lies inside `a` (asserted), 64-byte aligned.
         let x = |t: usize| unsafe { &*a.as_ptr().add(t * arow + b * XK).cast::<BlockQ8K>() };
         // SAFETY: `col` is one whole column; offsets follow `packed_k`.
@@ -341,7 +345,14 @@ unsafe fn q6_values(col: *const u8, gg: usize) -> [__m512i; 4] {
 /// `hsum_float_8` folds them. One token at a time (the lanes fill the registers).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_q6(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, out: &mut [[f32; R]]) {
+unsafe fn tile_q6(
+    lay: &Layout,
+    tile: &[u8],
+    a: &[u8],
+    arow: usize,
+    stream: bool,
+    out: &mut [[f32; R]],
+) {
     const XK: usize = std::mem::size_of::<BlockQ8K>();
     let nb = tile.len() / lay.bytes;
     let tokens = out.len();
@@ -352,7 +363,7 @@ unsafe fn tile_q6(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, out: &mut [[
         let mut acc = [_mm512_setzero_ps(); 8];
         for b in 0..nb {
             let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-            prefetch::<1>(col, lay.bytes);
+            prefetch(stream && t == 0, col, lay.bytes);
             // SAFETY: token `t`'s block `b` lies inside `a` (asserted), 64-byte aligned.
             let x = unsafe { &*a.as_ptr().add(t * arow + b * XK).cast::<BlockQ8K>() };
             // SAFETY: `col` is one whole column; offsets follow `packed_k::q6`.
@@ -406,6 +417,7 @@ unsafe fn tile_q6_tiled<const T: usize>(
     tile: &[u8],
     a: &[u8],
     arow: usize,
+    stream: bool,
     out: &mut [[f32; R]],
 ) {
     const XK: usize = std::mem::size_of::<BlockQ8K>();
@@ -416,6 +428,7 @@ unsafe fn tile_q6_tiled<const T: usize>(
     let mut sum = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
+        prefetch(stream, col, lay.bytes);
         // SAFETY: token `t`'s block `b` lies inside `a` (asserted), 64-byte aligned.
         let x = |t: usize| unsafe { &*a.as_ptr().add(t * arow + b * XK).cast::<BlockQ8K>() };
         // SAFETY: `col` is one whole column; offsets follow `packed_k::q6`.
@@ -463,6 +476,7 @@ pub unsafe fn tile(
     a: &[u8],
     arow: usize,
     gemm: usize,
+    stream: bool,
     out: &mut [[f32; R]],
 ) {
     // SAFETY: same features; the kernels check the lengths.
@@ -473,14 +487,14 @@ pub unsafe fn tile(
             for (c, o) in batched.chunks_mut(4).enumerate() {
                 let a = &a[4 * c * arow..];
                 match o.len() {
-                    1 => tile_q6_tiled::<1>(lay, tile, a, arow, o),
-                    2 => tile_q6_tiled::<2>(lay, tile, a, arow, o),
-                    3 => tile_q6_tiled::<3>(lay, tile, a, arow, o),
-                    _ => tile_q6_tiled::<4>(lay, tile, a, arow, o),
+                    1 => tile_q6_tiled::<1>(lay, tile, a, arow, stream && c == 0, o),
+                    2 => tile_q6_tiled::<2>(lay, tile, a, arow, stream && c == 0, o),
+                    3 => tile_q6_tiled::<3>(lay, tile, a, arow, stream && c == 0, o),
+                    _ => tile_q6_tiled::<4>(lay, tile, a, arow, stream && c == 0, o),
                 }
             }
             if !rows.is_empty() {
-                tile_q6(lay, tile, &a[g * arow..], arow, rows);
+                tile_q6(lay, tile, &a[g * arow..], arow, stream && g == 0, rows);
             }
             return;
         }
@@ -492,9 +506,9 @@ pub unsafe fn tile(
                 macro_rules! k {
                     ($t:literal) => {
                         if lay.q5 {
-                            tile_k::<$t, true>(lay, tile, a, arow, g, o)
+                            tile_k::<$t, true>(lay, tile, a, arow, stream && c == 0, g, o)
                         } else {
-                            tile_k::<$t, false>(lay, tile, a, arow, g, o)
+                            tile_k::<$t, false>(lay, tile, a, arow, stream && c == 0, g, o)
                         }
                     };
                 }
@@ -509,22 +523,22 @@ pub unsafe fn tile(
         }
         if numerics() == Numerics::Fast {
             return match out.len() {
-                1 => tile_fast::<1>(lay, tile, a, arow, out),
-                2 => tile_fast::<2>(lay, tile, a, arow, out),
-                3 => tile_fast::<3>(lay, tile, a, arow, out),
-                4 => tile_fast::<4>(lay, tile, a, arow, out),
-                5 => tile_fast::<5>(lay, tile, a, arow, out),
-                6 => tile_fast::<6>(lay, tile, a, arow, out),
-                7 => tile_fast::<7>(lay, tile, a, arow, out),
-                8 => tile_fast::<8>(lay, tile, a, arow, out),
+                1 => tile_fast::<1>(lay, tile, a, arow, stream, out),
+                2 => tile_fast::<2>(lay, tile, a, arow, stream, out),
+                3 => tile_fast::<3>(lay, tile, a, arow, stream, out),
+                4 => tile_fast::<4>(lay, tile, a, arow, stream, out),
+                5 => tile_fast::<5>(lay, tile, a, arow, stream, out),
+                6 => tile_fast::<6>(lay, tile, a, arow, stream, out),
+                7 => tile_fast::<7>(lay, tile, a, arow, stream, out),
+                8 => tile_fast::<8>(lay, tile, a, arow, stream, out),
                 n => unreachable!("{n} tokens"),
             };
         }
         for (c, o) in out.chunks_mut(2).enumerate() {
             let a = &a[2 * c * arow..];
             match o.len() {
-                1 => tile_x::<1>(lay, tile, a, arow, o),
-                _ => tile_x::<2>(lay, tile, a, arow, o),
+                1 => tile_x::<1>(lay, tile, a, arow, stream && c == 0, o),
+                _ => tile_x::<2>(lay, tile, a, arow, stream && c == 0, o),
             }
         }
     }
