@@ -197,6 +197,10 @@ fn check_type<T: GgmlType>(dtype: GgmlDType, widths: &[usize], f16_fields: &[usi
     let cols = widths[widths.len() / 2];
     let (data, deq) = via_candle::<T>(&mut rng, 70, cols);
     check(dtype, 70, cols, 70, &data, &deq, 999);
+    // A decode-sized batch over enough rows that each chunk takes a run of row tiles, the
+    // last one partial.
+    let (data, deq) = via_candle::<T>(&mut rng, 1000, widths[0]);
+    check(dtype, 1000, widths[0], 8, &data, &deq, 998);
 }
 
 /// Blocks filled with one byte (scales kept sane), so that every value sits at an extreme,
