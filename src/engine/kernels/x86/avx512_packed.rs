@@ -11,14 +11,15 @@ use std::arch::x86_64::*;
 /// When streaming weights for one token, prefetch this far ahead.
 const PREFETCH: usize = 2048;
 
-/// Prefetches the column `PREFETCH` bytes after `col` when the pass streams the weights (the
-/// first pass over a tile of a decode-sized batch: prefill reuses the tile from cache).
+/// Prefetches the column `ahead` bytes after `col` (0: none). The first pass over a tile of a
+/// decode-sized batch streams the weights; when more passes follow, it fetches the next tile
+/// (`ahead` = one tile), which has those passes' time to arrive. Prefill reuses tiles from cache.
 #[inline(always)]
-fn prefetch(stream: bool, col: *const u8, bytes: usize) {
-    if stream {
+fn prefetch(ahead: usize, col: *const u8, bytes: usize) {
+    if ahead > 0 {
         for off in (0..bytes).step_by(64) {
             // SAFETY: prefetching never faults; the address is only a hint.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(col.wrapping_add(PREFETCH + off).cast()) };
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(col.wrapping_add(ahead + off).cast()) };
         }
     }
 }
@@ -78,7 +79,7 @@ unsafe fn tile_fast<const T: usize>(
     tile: &[u8],
     a: &[u8],
     arow: usize,
-    stream: bool,
+    ahead: usize,
     out: &mut [[f32; R]],
 ) {
     let nb = tile.len() / lay.bytes;
@@ -86,7 +87,7 @@ unsafe fn tile_fast<const T: usize>(
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-        prefetch(stream, col, lay.bytes);
+        prefetch(ahead, col, lay.bytes);
         // SAFETY: `col` is one whole block column (`lay.bytes` bytes).
         let (dw, m, wv) = unsafe { unpack32(lay, col) };
         let c = if lay.min {
@@ -127,7 +128,7 @@ unsafe fn tile_x<const T: usize>(
     tile: &[u8],
     a: &[u8],
     arow: usize,
-    stream: bool,
+    ahead: usize,
     out: &mut [[f32; R]],
 ) {
     let nb = tile.len() / lay.bytes;
@@ -137,7 +138,7 @@ unsafe fn tile_x<const T: usize>(
     let mut summ = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-        prefetch(stream, col, lay.bytes);
+        prefetch(ahead, col, lay.bytes);
         // SAFETY: `col` is one whole block column (`lay.bytes` bytes).
         let (dw, m, wv) = unsafe { unpack32(lay, col) };
         for t in 0..T {
@@ -184,7 +185,7 @@ unsafe fn tile_k<const T: usize, const Q5: bool>(
     tile: &[u8],
     a: &[u8],
     arow: usize,
-    stream: bool,
+    ahead: usize,
     gemm: usize,
     out: &mut [[f32; R]],
 ) {
@@ -204,7 +205,7 @@ unsafe fn tile_k<const T: usize, const Q5: bool>(
     };
     for b in 0..nb {
         let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-        prefetch(stream, col, lay.bytes);
+        prefetch(ahead, col, lay.bytes);
         // SAFETY: token `t`'s block `b` lies inside `a` (asserted), 64-byte aligned.
         let x = |t: usize| unsafe { &*a.as_ptr().add(t * arow + b * XK).cast::<BlockQ8K>() };
         // SAFETY: `col` is one whole column; offsets follow `packed_k`.
@@ -350,7 +351,7 @@ unsafe fn tile_q6(
     tile: &[u8],
     a: &[u8],
     arow: usize,
-    stream: bool,
+    ahead: usize,
     out: &mut [[f32; R]],
 ) {
     const XK: usize = std::mem::size_of::<BlockQ8K>();
@@ -363,7 +364,7 @@ unsafe fn tile_q6(
         let mut acc = [_mm512_setzero_ps(); 8];
         for b in 0..nb {
             let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-            prefetch(stream && t == 0, col, lay.bytes);
+            prefetch(if t == 0 { ahead } else { 0 }, col, lay.bytes);
             // SAFETY: token `t`'s block `b` lies inside `a` (asserted), 64-byte aligned.
             let x = unsafe { &*a.as_ptr().add(t * arow + b * XK).cast::<BlockQ8K>() };
             // SAFETY: `col` is one whole column; offsets follow `packed_k::q6`.
@@ -417,7 +418,7 @@ unsafe fn tile_q6_tiled<const T: usize>(
     tile: &[u8],
     a: &[u8],
     arow: usize,
-    stream: bool,
+    ahead: usize,
     out: &mut [[f32; R]],
 ) {
     const XK: usize = std::mem::size_of::<BlockQ8K>();
@@ -428,7 +429,7 @@ unsafe fn tile_q6_tiled<const T: usize>(
     let mut sum = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-        prefetch(stream, col, lay.bytes);
+        prefetch(ahead, col, lay.bytes);
         // SAFETY: token `t`'s block `b` lies inside `a` (asserted), 64-byte aligned.
         let x = |t: usize| unsafe { &*a.as_ptr().add(t * arow + b * XK).cast::<BlockQ8K>() };
         // SAFETY: `col` is one whole column; offsets follow `packed_k::q6`.
@@ -479,36 +480,45 @@ pub unsafe fn tile(
     stream: bool,
     out: &mut [[f32; R]],
 ) {
+    // How far ahead the first of `passes` passes over the tile prefetches.
+    let ahead = |passes: usize| match (stream, passes) {
+        (false, _) => 0,
+        (true, 1) => PREFETCH,
+        (true, _) => tile.len(),
+    };
+    let first = |pass: usize, passes: usize| if pass == 0 { ahead(passes) } else { 0 };
     // SAFETY: same features; the kernels check the lengths.
     unsafe {
         if lay.q6 {
             let g = gemm.min(out.len());
             let (batched, rows) = out.split_at_mut(g);
+            let passes = batched.len().div_ceil(4) + rows.len();
             for (c, o) in batched.chunks_mut(4).enumerate() {
                 let a = &a[4 * c * arow..];
                 match o.len() {
-                    1 => tile_q6_tiled::<1>(lay, tile, a, arow, stream && c == 0, o),
-                    2 => tile_q6_tiled::<2>(lay, tile, a, arow, stream && c == 0, o),
-                    3 => tile_q6_tiled::<3>(lay, tile, a, arow, stream && c == 0, o),
-                    _ => tile_q6_tiled::<4>(lay, tile, a, arow, stream && c == 0, o),
+                    1 => tile_q6_tiled::<1>(lay, tile, a, arow, first(c, passes), o),
+                    2 => tile_q6_tiled::<2>(lay, tile, a, arow, first(c, passes), o),
+                    3 => tile_q6_tiled::<3>(lay, tile, a, arow, first(c, passes), o),
+                    _ => tile_q6_tiled::<4>(lay, tile, a, arow, first(c, passes), o),
                 }
             }
             if !rows.is_empty() {
-                tile_q6(lay, tile, &a[g * arow..], arow, stream && g == 0, rows);
+                tile_q6(lay, tile, &a[g * arow..], arow, first(g, passes), rows);
             }
             return;
         }
         if lay.kquant {
             // Four tokens at a time: two accumulators and two partial sums each.
+            let passes = out.len().div_ceil(4);
             for (c, o) in out.chunks_mut(4).enumerate() {
                 let a = &a[4 * c * arow..];
                 let g = gemm.saturating_sub(4 * c);
                 macro_rules! k {
                     ($t:literal) => {
                         if lay.q5 {
-                            tile_k::<$t, true>(lay, tile, a, arow, stream && c == 0, g, o)
+                            tile_k::<$t, true>(lay, tile, a, arow, first(c, passes), g, o)
                         } else {
-                            tile_k::<$t, false>(lay, tile, a, arow, stream && c == 0, g, o)
+                            tile_k::<$t, false>(lay, tile, a, arow, first(c, passes), g, o)
                         }
                     };
                 }
@@ -523,22 +533,23 @@ pub unsafe fn tile(
         }
         if numerics() == Numerics::Fast {
             return match out.len() {
-                1 => tile_fast::<1>(lay, tile, a, arow, stream, out),
-                2 => tile_fast::<2>(lay, tile, a, arow, stream, out),
-                3 => tile_fast::<3>(lay, tile, a, arow, stream, out),
-                4 => tile_fast::<4>(lay, tile, a, arow, stream, out),
-                5 => tile_fast::<5>(lay, tile, a, arow, stream, out),
-                6 => tile_fast::<6>(lay, tile, a, arow, stream, out),
-                7 => tile_fast::<7>(lay, tile, a, arow, stream, out),
-                8 => tile_fast::<8>(lay, tile, a, arow, stream, out),
+                1 => tile_fast::<1>(lay, tile, a, arow, ahead(1), out),
+                2 => tile_fast::<2>(lay, tile, a, arow, ahead(1), out),
+                3 => tile_fast::<3>(lay, tile, a, arow, ahead(1), out),
+                4 => tile_fast::<4>(lay, tile, a, arow, ahead(1), out),
+                5 => tile_fast::<5>(lay, tile, a, arow, ahead(1), out),
+                6 => tile_fast::<6>(lay, tile, a, arow, ahead(1), out),
+                7 => tile_fast::<7>(lay, tile, a, arow, ahead(1), out),
+                8 => tile_fast::<8>(lay, tile, a, arow, ahead(1), out),
                 n => unreachable!("{n} tokens"),
             };
         }
+        let passes = out.len().div_ceil(2);
         for (c, o) in out.chunks_mut(2).enumerate() {
             let a = &a[2 * c * arow..];
             match o.len() {
-                1 => tile_x::<1>(lay, tile, a, arow, stream && c == 0, o),
-                _ => tile_x::<2>(lay, tile, a, arow, stream && c == 0, o),
+                1 => tile_x::<1>(lay, tile, a, arow, first(c, passes), o),
+                _ => tile_x::<2>(lay, tile, a, arow, first(c, passes), o),
             }
         }
     }
