@@ -136,36 +136,46 @@ fn scores_tree_scalar(
 }
 
 /// `y = f16(x · v + y)` element by element, with one rounding to `f32` (llama.cpp's
-/// `ggml_vec_mad_f16`); the portable path of [`mad_f16_heads`].
+/// `ggml_vec_mad_f16`); the portable path of [`mad_f16_span`].
 fn mad_f16_scalar(y: &mut [f16], x: &[f16], v: f32) {
     for (y, x) in y.iter_mut().zip(x) {
         *y = f16::from_f32(x.to_f32().mul_add(v, y.to_f32()));
     }
 }
 
-/// `y_h = f16(x · v[h] + y_h)` element by element for each head `h` of a group sharing the
-/// value row `x` (`y_h = y[h * hd..][..hd]`, `hd = x.len()`), one rounding to `f32` each
-/// (llama.cpp's `ggml_vec_mad_f16`, head by head); the row is converted once for the group.
-pub fn mad_f16_heads(y: &mut [f16], x: &[f16], v: &[f32]) {
-    assert_eq!(y.len(), x.len() * v.len(), "f16ops::mad_f16_heads: lengths");
+/// One head's `f16` accumulator `y` over a run of value rows (`rows[p * stride..][..y.len()]`,
+/// `p` in `0..w.len()`), in row order: where `raise[p]`, `y = f16(y · w[p])` and then
+/// `y = f16(row + y)`; elsewhere `y = f16(row · w[p] + y)`. Each step rounds as
+/// llama.cpp's `ggml_vec_scale_f16` and `ggml_vec_mad_f16` do (its one-row attention), the
+/// accumulator kept in registers across the run.
+pub fn mad_f16_span(y: &mut [f16], rows: &[f16], stride: usize, w: &[f32], raise: &[bool]) {
+    assert_eq!(w.len(), raise.len(), "f16ops::mad_f16_span: lengths");
+    if w.is_empty() {
+        return;
+    }
+    assert!(
+        rows.len() >= (w.len() - 1) * stride + y.len(),
+        "f16ops::mad_f16_span: rows"
+    );
     #[cfg(target_arch = "x86_64")]
     if isa::get() >= Isa::Avx512 {
         // SAFETY: AVX-512 F/BW/VL detected; lengths checked.
-        return unsafe { simd::mad_f16_heads(y, x, v) };
+        return unsafe { simd::mad_f16_span(y, rows, stride, w, raise) };
     }
-    for (y, &v) in y.chunks_exact_mut(x.len()).zip(v) {
-        mad_f16_scalar(y, x, v);
-    }
+    mad_f16_span_scalar(y, rows, stride, w, raise)
 }
 
-/// `y = f16(y · v)` element by element (llama.cpp's `ggml_vec_scale_f16`).
-pub fn scale_f16(y: &mut [f16], v: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if isa::get() >= Isa::Avx512 {
-        // SAFETY: AVX-512 F/BW/VL detected.
-        return unsafe { simd::scale_f16(y, v) };
+fn mad_f16_span_scalar(y: &mut [f16], rows: &[f16], stride: usize, w: &[f32], raise: &[bool]) {
+    let hd = y.len();
+    for (p, (&e, &r)) in w.iter().zip(raise).enumerate() {
+        let row = &rows[p * stride..p * stride + hd];
+        if r {
+            scale_f16_scalar(y, e);
+            mad_f16_scalar(y, row, 1.0);
+        } else {
+            mad_f16_scalar(y, row, e);
+        }
     }
-    scale_f16_scalar(y, v)
 }
 
 fn scale_f16_scalar(y: &mut [f16], v: f32) {
@@ -231,18 +241,14 @@ mod tests {
             scores_tree(&kt, stride, n, &q, hd, 0.125, &mut a);
             scores_tree_scalar(&kt, stride, n, &q, hd, 0.125, &mut b);
             assert_eq!(a, b, "scores_tree {hd} {g} {n}");
-            let x = halves(&data(hd, 9));
+            let rstride = hd + 8;
+            let rows = halves(&data(n * rstride, 9));
+            let w: Vec<f32> = (0..n).map(|p| 0.05 + (p % 7) as f32 * 0.13).collect();
+            let raise: Vec<bool> = (0..n).map(|p| p % 5 == 0).collect();
             let (mut y1, mut y2) = (halves(&data(hd, 10)), halves(&data(hd, 10)));
-            let (mut z1, mut z2) = (halves(&data(3 * hd, 13)), halves(&data(3 * hd, 13)));
-            let w = [0.25, 1.0, 0.7];
-            mad_f16_heads(&mut z1, &x, &w);
-            for (z, &w) in z2.chunks_exact_mut(hd).zip(&w) {
-                mad_f16_scalar(z, &x, w);
-            }
-            assert_eq!(z1, z2, "mad_f16_heads {hd}");
-            scale_f16(&mut y1, 0.61);
-            scale_f16_scalar(&mut y2, 0.61);
-            assert_eq!(y1, y2, "scale_f16 {hd}");
+            mad_f16_span(&mut y1, &rows, rstride, &w, &raise);
+            mad_f16_span_scalar(&mut y2, &rows, rstride, &w, &raise);
+            assert_eq!(y1, y2, "mad_f16_span {hd} {n}");
         }
     }
 

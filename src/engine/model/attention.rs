@@ -227,7 +227,7 @@ struct Scratch {
     tmp: Vec<f32>,
     q: Vec<f32>,
     y: Vec<f16>,
-    /// Softmax weights: one position's per head (one-row), one tile's per head (tiled).
+    /// Tiled kernel: one tile's softmax weights per head.
     e: Vec<f32>,
     /// One-row kernel: whether each `[head][position]` score raises the head's maximum.
     raise: Vec<bool>,
@@ -320,8 +320,8 @@ impl Part<'_> {
             tmp,
             q: qh,
             y,
-            e: vs,
             raise,
+            ..
         } = scratch;
         qh.clear();
         qh.extend(q.iter().map(|&v| f16::from_f32(v).to_f32()));
@@ -348,26 +348,17 @@ impl Part<'_> {
         y.clear();
         y.resize(g * hd, f16::ZERO);
         s.fill(0.0);
-        vs.clear();
-        vs.resize(g, 0.0);
         self.runs(|b, p0, cnt| {
             let rows = &self.pool.values_from(self.seq, self.il, b * BLOCK + p0)[self.kvo..];
-            for i in 0..cnt {
-                let at = b * BLOCK + p0 + i - lo;
-                for h in 0..g {
-                    let e = w[h * n + at];
-                    // The sum is `fma(sum, ms, vs)`, where one of the two factors is 1.
-                    if raise[h * n + at] {
-                        h::scale_f16(&mut y[h * hd..(h + 1) * hd], e);
-                        vs[h] = 1.0;
-                        s[h] = s[h].mul_add(e, 1.0);
-                    } else {
-                        vs[h] = e;
-                        s[h] += e;
-                    }
+            let at = b * BLOCK + p0 - lo;
+            for h in 0..g {
+                let (wh, rh) = (&w[h * n + at..][..cnt], &raise[h * n + at..][..cnt]);
+                // The sum is `fma(sum, ms, vs)`, where one of the two factors is 1.
+                for (&e, &r) in wh.iter().zip(rh) {
+                    s[h] = if r { s[h].mul_add(e, 1.0) } else { s[h] + e };
                 }
-                // Every head's `y += v · vs`, the value row read once for the group.
-                h::mad_f16_heads(y, &rows[i * stride..i * stride + hd], vs);
+                // The head's `y = y · ms + v · vs` over the run, in registers.
+                h::mad_f16_span(&mut y[h * hd..(h + 1) * hd], rows, stride, wh, rh);
             }
         });
         for (o, y) in o.iter_mut().zip(y.iter()) {

@@ -235,44 +235,53 @@ pub unsafe fn scores_tree(
     }
 }
 
-/// # Safety
-/// AVX-512 F/BW/VL.
+/// `f32` rounded to `f16` and back, as storing and reloading an `f16` accumulator rounds it.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn scale_f16(y: &mut [f16], v: f32) {
-    let vv = _mm512_set1_ps(v);
-    let n = y.len();
-    for i in (0..n).step_by(16) {
-        let k = (n - i).min(16);
-        let m = ((1u32 << k) - 1) as u16;
-        // SAFETY: `k` halves at `i`.
-        unsafe {
-            let a = load16(y.as_ptr().add(i), k);
-            let r = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_mul_ps(a, vv));
-            _mm256_mask_storeu_epi16(y.as_mut_ptr().add(i).cast(), m, r);
-        }
-    }
+fn round_f16(x: __m512) -> __m512 {
+    _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
 }
 
+/// One head's `f16` accumulator over a run of value rows, kept in registers across the run
+/// (64 columns at a time) instead of stored and reloaded per row; same roundings, same bits.
+///
 /// # Safety
-/// AVX-512 F/BW/VL; `y.len() == x.len() * v.len()`.
+/// AVX-512 F/BW/VL; `raise.len() == w.len()` and `rows` holds `w.len()` rows `stride` apart,
+/// each at least `y.len()` long.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn mad_f16_heads(y: &mut [f16], x: &[f16], v: &[f32]) {
-    let hd = x.len();
-    for i in (0..hd).step_by(16) {
-        let k = (hd - i).min(16);
-        let m = ((1u32 << k) - 1) as u16;
-        // SAFETY: `k` halves at `i` of `x`, and of each head's row of `y`.
+pub unsafe fn mad_f16_span(y: &mut [f16], rows: &[f16], stride: usize, w: &[f32], raise: &[bool]) {
+    let hd = y.len();
+    for i0 in (0..hd).step_by(64) {
+        let ks: [usize; 4] = std::array::from_fn(|c| hd.saturating_sub(i0 + 16 * c).min(16));
+        // SAFETY: `ks[c]` halves at `i0 + 16 c` of `y` and of every row (the caller's lengths).
         unsafe {
-            let b = load16(x.as_ptr().add(i), k);
-            for (h, &w) in v.iter().enumerate() {
-                let p = y.as_mut_ptr().add(h * hd + i);
-                let a = load16(p, k);
-                let r = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_fmadd_ps(
-                    b,
-                    _mm512_set1_ps(w),
-                    a,
-                ));
-                _mm256_mask_storeu_epi16(p.cast(), m, r);
+            let mut acc: [__m512; 4] = std::array::from_fn(|c| match ks[c] {
+                0 => _mm512_setzero_ps(),
+                k => load16(y.as_ptr().add(i0 + 16 * c), k),
+            });
+            for (p, (&e, &r)) in w.iter().zip(raise).enumerate() {
+                let row = rows.as_ptr().add(p * stride + i0);
+                let vs = if r {
+                    // The maximum rose: rescale (`ggml_vec_scale_f16`), then add the row once.
+                    let ev = _mm512_set1_ps(e);
+                    acc = acc.map(|a| round_f16(_mm512_mul_ps(a, ev)));
+                    _mm512_set1_ps(1.0)
+                } else {
+                    _mm512_set1_ps(e)
+                };
+                for c in 0..4 {
+                    if ks[c] > 0 {
+                        let b = load16(row.add(16 * c), ks[c]);
+                        acc[c] = round_f16(_mm512_fmadd_ps(b, vs, acc[c]));
+                    }
+                }
+            }
+            for c in 0..4 {
+                if ks[c] > 0 {
+                    let m = ((1u32 << ks[c]) - 1) as u16;
+                    let r = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(acc[c]);
+                    _mm256_mask_storeu_epi16(y.as_mut_ptr().add(i0 + 16 * c).cast(), m, r);
+                }
             }
         }
     }
