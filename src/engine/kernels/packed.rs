@@ -360,8 +360,8 @@ fn pack_tile(w: &QMatrix, lay: &Layout, t: usize, tile: &mut [u8]) {
 /// a[t]`, with `a` holding [`BlockQ8s`] (32-wide formats) or [`BlockQ8K`] rows `arow` apart.
 /// `gemm`: how many of the leading tokens take llama.cpp's multi-row order for `Q4_K` and
 /// `Q6_K` (whose kernels for batches sum in another order than its one-row kernels); other
-/// formats ignore it. `stream`: the call is the only pass over the tile (a decode-sized batch),
-/// so the kernel prefetches the weights ahead of its first pass.
+/// formats ignore it. `stream`: this is the tile's only call (a decode-sized batch), so the
+/// kernel streams the weights from memory and prefetches ahead of its first pass over them.
 pub type TileFn = unsafe fn(
     lay: &Layout,
     tile: &[u8],
@@ -509,6 +509,8 @@ pub(crate) fn matmul_packed_many_isa(
     let kernel = tile_kernel(isa);
     let lay0 = ws[0].layout();
     let act = if lay0.kquant { Act::Q8K } else { Act::Q8S };
+    // A decode-sized batch: one kernel call per tile, which streams the weights.
+    let stream = n <= isa::MAX_TOKENS;
     let mut plans = Vec::with_capacity(ws.len());
     let mut total = 0;
     for (w, out) in ws.iter().zip(outs.iter_mut()) {
@@ -521,9 +523,9 @@ pub(crate) fn matmul_packed_many_isa(
             _ => 0,
         };
         let tiles = w.rows.div_ceil(R);
-        // Decode-sized batches (one kernel call per tile) stream the weights: runs of
-        // consecutive tiles per chunk, so each thread reads (and prefetches) contiguous memory.
-        let (tr, tt) = if n <= isa::MAX_TOKENS {
+        // Streaming: runs of consecutive tiles per chunk, so that each thread reads (and
+        // prefetches) contiguous memory.
+        let (tr, tt) = if stream {
             ((tiles / (pool::threads() * 8)).clamp(1, 32), n)
         } else {
             (1, 64)
@@ -554,7 +556,6 @@ pub(crate) fn matmul_packed_many_isa(
             }
         }
         let act = &*act;
-        let stream = n <= isa::MAX_TOKENS;
         let chunks = pool::Chunks::new(total);
         let task = |_| {
             while let Some(c) = chunks.claim() {
