@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the quantized matmul kernels: every weight format at 1 token
-//! (decode; throughput in weight bytes per second, weights cycled through more memory than the
-//! last-level cache holds) and at 64 / 512 tokens (prefill; throughput in FLOP per second).
+//! and 8 tokens (decode, one stream and a batch of 8; throughput in weight bytes per second,
+//! weights cycled through more memory than the last-level cache holds) and at 64 / 512 tokens
+//! (prefill; throughput in FLOP per second).
 //!
 //! Formats with a 16-row packed layout are also measured packed (`<format>/packed`).
 //!
@@ -88,12 +89,12 @@ fn bench(c: &mut Criterion) {
                 .map(|d| QMatrix::new(dtype, rows, cols, d).unwrap())
                 .collect();
             let packed: Vec<PackedMatrix> = mats.iter().filter_map(PackedMatrix::new).collect();
-            for n in [1usize, 64, 512] {
+            for n in [1usize, 8, 64, 512] {
                 let x: Vec<f32> = (0..n * cols)
                     .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
                     .collect();
                 let mut out = vec![0f32; n * rows];
-                group.throughput(if n == 1 {
+                group.throughput(if n <= 8 {
                     Throughput::Bytes(bytes as u64)
                 } else {
                     Throughput::Elements(2 * (rows * cols * n) as u64)

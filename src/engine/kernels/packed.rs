@@ -466,14 +466,57 @@ struct Plan<'a> {
     out: SyncPtr<f32>,
     /// Tokens that take llama.cpp's multi-row order (`TileFn`).
     multi: usize,
-    tiles: usize,
-    /// Row tiles and tokens per chunk.
-    tr: usize,
-    tt: usize,
-    /// Token chunks per row chunk.
-    nt: usize,
-    /// Index of this matrix's first chunk in the dispatch.
-    first: usize,
+}
+
+/// One unit of work of a dispatch: a run of row tiles of one matrix, for a range of tokens.
+struct Chunk {
+    plan: usize,
+    tiles: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+}
+
+/// Tokens per chunk of a prefill-sized batch.
+const PREFILL_TOKENS: usize = 64;
+
+/// The chunks of a dispatch over matrices of `tiles[i]` row tiles and `n` tokens.
+///
+/// A decode-sized batch (`stream`) streams the weights once: each chunk is a run of
+/// consecutive tiles for every token, so that a thread reads (and prefetches) contiguous
+/// memory, and the runs shrink as the dispatch proceeds (each about `1 / (2 · threads)` of
+/// the tiles left, down to one tile), so that the threads reach the barrier together.
+/// A prefill-sized batch reuses each tile across tokens from cache: chunks are single tiles
+/// for 64 tokens.
+fn chunks(tiles: &[usize], n: usize, stream: bool, threads: usize) -> Vec<Chunk> {
+    let mut out = Vec::new();
+    if stream {
+        let mut left: usize = tiles.iter().sum();
+        for (plan, &t) in tiles.iter().enumerate() {
+            let mut a = 0;
+            while a < t {
+                let b = (a + left.div_ceil(2 * threads)).min(t);
+                left -= b - a;
+                out.push(Chunk {
+                    plan,
+                    tiles: a..b,
+                    tokens: 0..n,
+                });
+                a = b;
+            }
+        }
+        return out;
+    }
+    for (plan, &t) in tiles.iter().enumerate() {
+        for tile in 0..t {
+            for t0 in (0..n).step_by(PREFILL_TOKENS) {
+                out.push(Chunk {
+                    plan,
+                    tiles: tile..tile + 1,
+                    tokens: t0..(t0 + PREFILL_TOKENS).min(n),
+                });
+            }
+        }
+    }
+    out
 }
 
 pub(crate) fn matmul_packed_many_isa(
@@ -511,40 +554,25 @@ pub(crate) fn matmul_packed_many_isa(
     let act = if lay0.kquant { Act::Q8K } else { Act::Q8S };
     // A decode-sized batch: one kernel call per tile, which streams the weights.
     let stream = n <= isa::MAX_TOKENS;
-    let mut plans = Vec::with_capacity(ws.len());
-    let mut total = 0;
-    for (w, out) in ws.iter().zip(outs.iter_mut()) {
-        let lay = w.layout();
-        // llama.cpp's repacked `Q4_K` kernel takes tokens four at a time, its tiled K-quant
-        // kernel takes `Q6_K` batches of 8 or more.
-        let multi = match w.dtype {
-            GgmlDType::Q4K => n - n % 4,
-            GgmlDType::Q6K if n >= 8 => n,
-            _ => 0,
-        };
-        let tiles = w.rows.div_ceil(R);
-        // Streaming: runs of consecutive tiles per chunk, so that each thread reads (and
-        // prefetches) contiguous memory.
-        let (tr, tt) = if stream {
-            ((tiles / (pool::threads() * 8)).clamp(1, 32), n)
-        } else {
-            (1, 64)
-        };
-        let nt = n.div_ceil(tt);
-        plans.push(Plan {
+    let plans: Vec<Plan> = ws
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|(w, out)| Plan {
             w,
-            lay,
+            lay: w.layout(),
             out: SyncPtr(out.as_mut_ptr()),
-            multi,
-            tiles,
-            tr,
-            tt,
-            nt,
-            first: total,
-        });
-        total += tiles.div_ceil(tr) * nt;
-    }
-    if total == 0 {
+            // llama.cpp's repacked `Q4_K` kernel takes tokens four at a time, its tiled
+            // K-quant kernel takes `Q6_K` batches of 8 or more.
+            multi: match w.dtype {
+                GgmlDType::Q4K => n - n % 4,
+                GgmlDType::Q6K if n >= 8 => n,
+                _ => 0,
+            },
+        })
+        .collect();
+    let tiles: Vec<usize> = ws.iter().map(|w| w.rows.div_ceil(R)).collect();
+    let work = chunks(&tiles, n, stream, pool::threads());
+    if work.is_empty() {
         return;
     }
     with_activations(act, has_min(ws[0].dtype), x, cols, |act, arow| {
@@ -556,21 +584,19 @@ pub(crate) fn matmul_packed_many_isa(
             }
         }
         let act = &*act;
-        let chunks = pool::Chunks::new(total);
+        let claims = pool::Chunks::new(work.len());
         let task = |_| {
-            while let Some(c) = chunks.claim() {
-                let p = plans
-                    .iter()
-                    .rev()
-                    .find(|p| p.first <= c)
-                    .expect("chunk 0 is plan 0's");
-                let c = c - p.first;
-                let (ri, ti, rows) = (c / p.nt, c % p.nt, p.w.rows);
-                let t_end = ((ti + 1) * p.tt).min(n);
-                for tile in ri * p.tr..((ri + 1) * p.tr).min(p.tiles) {
-                    let mut t0 = ti * p.tt;
-                    while t0 < t_end {
-                        let k = (t_end - t0).min(isa::MAX_TOKENS);
+            while let Some(c) = claims.claim() {
+                let Chunk {
+                    plan,
+                    tiles,
+                    tokens,
+                } = &work[c];
+                let (p, rows) = (&plans[*plan], ws[*plan].rows);
+                for tile in tiles.clone() {
+                    let mut t0 = tokens.start;
+                    while t0 < tokens.end {
+                        let k = (tokens.end - t0).min(isa::MAX_TOKENS);
                         let mut v = [[0f32; R]; isa::MAX_TOKENS];
                         let a = &act[t0 * arow..(t0 + k) * arow];
                         let gemm = p.multi.saturating_sub(t0).min(k);
@@ -593,10 +619,47 @@ pub(crate) fn matmul_packed_many_isa(
                 }
             }
         };
-        if total == 1 {
+        if work.len() == 1 {
             task(0)
         } else {
             pool::run(&task)
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks;
+
+    /// Every (matrix, tile, token) lands in exactly one chunk; decode-sized chunks cover all
+    /// tokens, never span two matrices and shrink to single tiles by the end.
+    #[test]
+    fn chunks_cover_the_dispatch_once() {
+        for (tiles, n, stream) in [
+            (vec![36, 12, 12], 8, true),
+            (vec![96, 96], 1, true),
+            (vec![3072], 5, true),
+            (vec![1], 1, true),
+            (vec![36, 12], 200, false),
+        ] {
+            let work = chunks(&tiles, n, stream, 2);
+            let mut seen: Vec<Vec<u32>> = tiles.iter().map(|&t| vec![0; t * n]).collect();
+            for c in &work {
+                assert!(!c.tiles.is_empty() && c.tiles.end <= tiles[c.plan]);
+                for tile in c.tiles.clone() {
+                    for t in c.tokens.clone() {
+                        seen[c.plan][tile * n + t] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().flatten().all(|&k| k == 1), "{tiles:?} x {n}");
+            if stream {
+                assert!(work.iter().all(|c| c.tokens == (0..n)));
+                let sizes: Vec<usize> = work.iter().map(|c| c.tiles.len()).collect();
+                assert_eq!(*sizes.last().unwrap(), 1, "{sizes:?}");
+                let total: usize = tiles.iter().sum();
+                assert!(sizes[0] <= total.div_ceil(4), "{sizes:?}");
+            }
+        }
+    }
 }
