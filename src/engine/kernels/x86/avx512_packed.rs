@@ -115,15 +115,98 @@ unsafe fn tile_fast<const T: usize>(
     }
 }
 
+/// The 32-wide formats as a kernel's const parameter, with their block-column layout
+/// (`packed::Layout`) as constants, so that the inner loops carry no format tests.
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+const Q5_1: u8 = 3;
+const Q8_0: u8 = 4;
+
+struct Fmt<const F: u8>;
+
+impl<const F: u8> Fmt<F> {
+    const MIN: bool = F == Q4_1 || F == Q5_1;
+    const Q5: bool = F == Q5_0 || F == Q5_1;
+    const Q8: bool = F == Q8_0;
+    const M_AT: usize = 2 * R;
+    const MASKS_AT: usize = Self::M_AT + if Self::MIN { 2 * R } else { 0 };
+    const VALUES_AT: usize = Self::MASKS_AT + if Self::Q5 { 64 } else { 0 };
+    const BYTES: usize = Self::VALUES_AT + if Self::Q8 { 32 * R } else { 16 * R };
+
+    /// Checks that `lay` is this format's layout.
+    fn check(lay: &Layout) {
+        assert!(
+            !lay.kquant
+                && lay.min == Self::MIN
+                && lay.q5 == Self::Q5
+                && lay.m_at == Self::M_AT
+                && lay.masks_at == Self::MASKS_AT
+                && lay.values_at == Self::VALUES_AT
+                && lay.bytes == Self::BYTES,
+            "packed kernel: layout of another format"
+        );
+    }
+}
+
+/// The format constant of a 32-wide layout.
+fn fmt_of(lay: &Layout) -> u8 {
+    match (lay.min, lay.q5, lay.bytes - lay.values_at == 32 * R) {
+        (_, _, true) => Q8_0,
+        (true, true, _) => Q5_1,
+        (true, false, _) => Q4_1,
+        (false, true, _) => Q5_0,
+        (false, false, _) => Q4_0,
+    }
+}
+
+/// [`unpack32`] for format `F`: the eight vectors of 4-value groups of one block column.
+///
+/// # Safety
+/// `col` points at one whole block column of format `F`.
+#[inline(always)]
+unsafe fn values32<const F: u8>(col: *const u8) -> [__m512i; 8] {
+    // SAFETY: as the caller guarantees; offsets follow `Fmt<F>`.
+    unsafe {
+        let v = col.add(Fmt::<F>::VALUES_AT);
+        let mut wv = [_mm512_setzero_si512(); 8];
+        if Fmt::<F>::Q8 {
+            for (j, w) in wv.iter_mut().enumerate() {
+                *w = _mm512_loadu_si512(v.add(64 * j).cast());
+            }
+            return wv;
+        }
+        let m4 = _mm512_set1_epi8(0x0F);
+        for g in 0..4 {
+            let q = _mm512_loadu_si512(v.add(64 * g).cast());
+            wv[2 * g] = _mm512_and_si512(q, m4);
+            wv[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
+        }
+        if Fmt::<F>::Q5 {
+            let k16 = _mm512_set1_epi8(16);
+            for (j, w) in wv.iter_mut().enumerate() {
+                let k = col
+                    .add(Fmt::<F>::MASKS_AT + 8 * j)
+                    .cast::<u64>()
+                    .read_unaligned();
+                *w = _mm512_mask_add_epi8(*w, k, *w, k16);
+            }
+        }
+        wv
+    }
+}
+
 /// The 32-wide formats in llama.cpp's summation order (`ggml_vec_dot_q4_1_q8_1` and its
 /// siblings, AVX2/VNNI build), so that products round as the reference engine's do: per row,
 /// eight 4-value integer sums per block (offsets taken off in integers), each scaled and
 /// accumulated in its own `f32` lane across the blocks, the lanes folded as `hsum_float_8`
 /// folds them, then the separately accumulated minimum term added. Two tokens at a time: the
-/// eight lanes of 16 rows fill the registers.
+/// eight lanes of 16 rows fill the registers. The format is a const parameter and the loop
+/// walks raw pointers: at two tokens a pass, every instruction of per-block overhead costs
+/// about as much as the arithmetic it feeds.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_x<const T: usize>(
+unsafe fn tile_x<const T: usize, const F: u8>(
     lay: &Layout,
     tile: &[u8],
     a: &[u8],
@@ -131,36 +214,47 @@ unsafe fn tile_x<const T: usize>(
     ahead: usize,
     out: &mut [[f32; R]],
 ) {
-    let nb = tile.len() / lay.bytes;
-    assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * XB);
+    Fmt::<F>::check(lay);
+    let bytes = Fmt::<F>::BYTES;
+    let nb = tile.len() / bytes;
+    assert!(out.len() == T && tile.len() == nb * bytes && a.len() >= (T - 1) * arow + nb * XB);
     let zero = _mm512_setzero_si512();
     let mut acc = [[_mm512_setzero_ps(); 8]; T];
     let mut summ = [_mm512_setzero_ps(); T];
-    for b in 0..nb {
-        let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-        prefetch(ahead, col, lay.bytes);
-        // SAFETY: `col` is one whole block column (`lay.bytes` bytes).
-        let (dw, m, wv) = unsafe { unpack32(lay, col) };
-        for t in 0..T {
-            // SAFETY: block `b` of token `t` lies inside `a` (asserted).
-            let x = unsafe { &*a.as_ptr().add(t * arow + b * XB).cast::<BlockQ8s>() };
-            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.d));
-            for (j, &w) in wv.iter().enumerate() {
-                // SAFETY: 4 bytes at `4j` of the 32 values.
-                let g = unsafe { x.qs.as_ptr().add(4 * j).cast::<i32>().read_unaligned() };
-                // Offset formats: each lane starts from `-offset · Σ` of its 4 activations
-                // (`c4`, scaled by `matmul_packed`).
-                let init = if lay.min {
-                    zero
-                } else {
-                    _mm512_set1_epi32(x.c4[j])
-                };
-                let s = _mm512_dpbusd_epi32(init, w, _mm512_set1_epi32(g));
-                acc[t][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[t][j]);
+    let (mut col, mut x0) = (tile.as_ptr(), a.as_ptr());
+    for _ in 0..nb {
+        if ahead > 0 {
+            for off in (0..bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(col.wrapping_add(ahead + off).cast());
             }
-            if lay.min {
-                summ[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), summ[t]);
+        }
+        // SAFETY: `col` is one whole block column of format `F` (`nb` columns asserted), and
+        // block `b` of each of the `T` tokens lies inside `a` (asserted).
+        unsafe {
+            let wv = values32::<F>(col);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
+            for t in 0..T {
+                let x = &*x0.add(t * arow).cast::<BlockQ8s>();
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.d));
+                for (j, &w) in wv.iter().enumerate() {
+                    let g = x.qs.as_ptr().add(4 * j).cast::<i32>().read_unaligned();
+                    // Offset formats: each lane starts from `-offset · Σ` of its 4 activations
+                    // (`c4`, scaled by `matmul_packed`).
+                    let init = if Fmt::<F>::MIN {
+                        zero
+                    } else {
+                        _mm512_set1_epi32(x.c4[j])
+                    };
+                    let s = _mm512_dpbusd_epi32(init, w, _mm512_set1_epi32(g));
+                    acc[t][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[t][j]);
+                }
+                if Fmt::<F>::MIN {
+                    let m = _mm512_cvtph_ps(_mm256_loadu_si256(col.add(Fmt::<F>::M_AT).cast()));
+                    summ[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), summ[t]);
+                }
             }
+            col = col.add(bytes);
+            x0 = x0.add(XB);
         }
     }
     for t in 0..T {
@@ -168,7 +262,7 @@ unsafe fn tile_x<const T: usize>(
         let lo = _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6]));
         let hi = _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7]));
         let mut r = _mm512_add_ps(lo, hi);
-        if lay.min {
+        if Fmt::<F>::MIN {
             r = _mm512_add_ps(r, summ[t]);
         }
         // SAFETY: 16 floats.
@@ -545,12 +639,20 @@ pub unsafe fn tile(
             };
         }
         let passes = out.len().div_ceil(2);
+        let f = fmt_of(lay);
         for (c, o) in out.chunks_mut(2).enumerate() {
             let a = &a[2 * c * arow..];
-            match o.len() {
-                1 => tile_x::<1>(lay, tile, a, arow, first(c, passes), o),
-                _ => tile_x::<2>(lay, tile, a, arow, first(c, passes), o),
+            let ahead = first(c, passes);
+            macro_rules! x {
+                ($($f:ident),*) => {
+                    match (f, o.len()) {
+                        $(($f, 1) => tile_x::<1, $f>(lay, tile, a, arow, ahead, o),
+                          ($f, _) => tile_x::<2, $f>(lay, tile, a, arow, ahead, o),)*
+                        _ => unreachable!("format {f}"),
+                    }
+                };
             }
+            x!(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0);
         }
     }
 }
