@@ -143,26 +143,53 @@ fn mad_f16_scalar(y: &mut [f16], x: &[f16], v: f32) {
     }
 }
 
-/// One head's `f16` accumulator `y` over a run of value rows (`rows[p * stride..][..y.len()]`,
-/// `p` in `0..w.len()`), in row order: where `raise[p]`, `y = f16(y · w[p])` and then
-/// `y = f16(row + y)`; elsewhere `y = f16(row · w[p] + y)`. Each step rounds as
-/// llama.cpp's `ggml_vec_scale_f16` and `ggml_vec_mad_f16` do (its one-row attention), the
-/// accumulator kept in registers across the run.
-pub fn mad_f16_span(y: &mut [f16], rows: &[f16], stride: usize, w: &[f32], raise: &[bool]) {
-    assert_eq!(w.len(), raise.len(), "f16ops::mad_f16_span: lengths");
-    if w.is_empty() {
+/// The `f16` accumulators of `y.len() / hd` heads (`y[h * hd..][..hd]`) over a run of `n`
+/// value rows (`rows[p * stride..][..hd]`), in row order, head `h` taking weight
+/// `w[h * wstride + p]`: where `raise[h * wstride + p]`, `y = f16(y · w)` and then
+/// `y = f16(row + y)`; elsewhere `y = f16(row · w + y)`. Each step rounds as llama.cpp's
+/// `ggml_vec_scale_f16` and `ggml_vec_mad_f16` do (its one-row attention); the accumulators
+/// stay in registers across the run, several heads at a time so that each value row is
+/// converted once for all of them and their rounding chains overlap.
+#[allow(clippy::too_many_arguments)]
+pub fn mad_f16_span(
+    y: &mut [f16],
+    hd: usize,
+    rows: &[f16],
+    stride: usize,
+    w: &[f32],
+    raise: &[bool],
+    wstride: usize,
+    n: usize,
+) {
+    assert!(
+        hd > 0 && y.len().is_multiple_of(hd),
+        "f16ops::mad_f16_span: heads"
+    );
+    if n == 0 || y.is_empty() {
         return;
     }
+    let g = y.len() / hd;
     assert!(
-        rows.len() >= (w.len() - 1) * stride + y.len(),
+        n <= wstride || g == 1,
+        "f16ops::mad_f16_span: weight stride"
+    );
+    assert!(
+        w.len() >= (g - 1) * wstride + n && raise.len() >= (g - 1) * wstride + n,
+        "f16ops::mad_f16_span: lengths"
+    );
+    assert!(
+        rows.len() >= (n - 1) * stride + hd,
         "f16ops::mad_f16_span: rows"
     );
     #[cfg(target_arch = "x86_64")]
     if isa::get() >= Isa::Avx512 {
         // SAFETY: AVX-512 F/BW/VL detected; lengths checked.
-        return unsafe { simd::mad_f16_span(y, rows, stride, w, raise) };
+        return unsafe { simd::mad_f16_span(y, hd, rows, stride, w, raise, wstride, n) };
     }
-    mad_f16_span_scalar(y, rows, stride, w, raise)
+    for (h, y) in y.chunks_exact_mut(hd).enumerate() {
+        let at = h * wstride;
+        mad_f16_span_scalar(y, rows, stride, &w[at..at + n], &raise[at..at + n]);
+    }
 }
 
 fn mad_f16_span_scalar(y: &mut [f16], rows: &[f16], stride: usize, w: &[f32], raise: &[bool]) {
@@ -243,12 +270,24 @@ mod tests {
             assert_eq!(a, b, "scores_tree {hd} {g} {n}");
             let rstride = hd + 8;
             let rows = halves(&data(n * rstride, 9));
-            let w: Vec<f32> = (0..n).map(|p| 0.05 + (p % 7) as f32 * 0.13).collect();
-            let raise: Vec<bool> = (0..n).map(|p| p % 5 == 0).collect();
-            let (mut y1, mut y2) = (halves(&data(hd, 10)), halves(&data(hd, 10)));
-            mad_f16_span(&mut y1, &rows, rstride, &w, &raise);
-            mad_f16_span_scalar(&mut y2, &rows, rstride, &w, &raise);
-            assert_eq!(y1, y2, "mad_f16_span {hd} {n}");
+            // Heads' weights `n + 3` apart; up to 7 heads (one group of 4, then the rest).
+            let wstride = n + 3;
+            for heads in [g, 5, 7] {
+                let w: Vec<f32> = (0..heads * wstride)
+                    .map(|p| 0.05 + (p % 7) as f32 * 0.13)
+                    .collect();
+                let raise: Vec<bool> = (0..heads * wstride)
+                    .map(|p| p % 5 == p / wstride % 3)
+                    .collect();
+                let (mut y1, mut y2) =
+                    (halves(&data(heads * hd, 10)), halves(&data(heads * hd, 10)));
+                mad_f16_span(&mut y1, hd, &rows, rstride, &w, &raise, wstride, n);
+                for (h, y) in y2.chunks_exact_mut(hd).enumerate() {
+                    let at = h * wstride;
+                    mad_f16_span_scalar(y, &rows, rstride, &w[at..at + n], &raise[at..at + n]);
+                }
+                assert_eq!(y1, y2, "mad_f16_span {hd} {heads} {n}");
+            }
         }
     }
 

@@ -256,6 +256,29 @@ fn prefetch(data: &[u8], range: std::ops::Range<usize>) {
     let _ = (data, range);
 }
 
+/// Hints the cache lines of `data` into the second-level cache, ahead of reads that would
+/// otherwise wait on memory (attention's keys and values, evicted by the weights that streamed
+/// through the last-level cache since the previous step).
+#[inline]
+pub fn prefetch_l2<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (p, len) = (data.as_ptr().cast::<u8>(), std::mem::size_of_val(data));
+        let mut i = 0;
+        while i < len {
+            // SAFETY: `i < len`, so the address is inside `data`; prefetching never faults and
+            // does not change memory.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T1>(p.add(i).cast());
+            }
+            i += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
 /// Splits the `rows × n` output into tiles and runs them on the pool.
 fn run_tiles(w: &QMatrix, act: &[u8], arow: usize, n: usize, out: &mut [f32], dot: isa::DotFn) {
     let rows = w.rows;

@@ -261,6 +261,20 @@ impl Part<'_> {
         }
     }
 
+    /// Hints this KV head's keys and values over the span into cache, so that the reads of
+    /// the scores and of the value rows overlap instead of each waiting on memory.
+    fn prefetch(&self) {
+        let (hd, stride) = (self.hd, self.pool.kv_dim());
+        self.runs(|b, p0, m| {
+            let kt = self.pool.keys_t(self.seq, self.il, b);
+            kernels::prefetch_l2(&kt[self.kvo * BLOCK..(self.kvo + hd) * BLOCK]);
+            let v = &self.pool.values_from(self.seq, self.il, b * BLOCK + p0)[self.kvo..];
+            for p in 0..m {
+                kernels::prefetch_l2(&v[p * stride..p * stride + hd]);
+            }
+        });
+    }
+
     /// Scores of the group's heads `q` for the whole span into `w` (`[head][position]`).
     fn scores(&self, q: &[f32], w: &mut [f32], tmp: &mut Vec<f32>) {
         let (g, n, lo) = (q.len() / self.hd, self.span.len(), self.span.start);
@@ -293,6 +307,7 @@ impl Part<'_> {
         scratch: &mut Scratch,
     ) {
         let g = q.len() / self.hd;
+        self.prefetch();
         match self.kernel {
             Kernel::Row => self.attend_row(q, o, stats, scratch),
             Kernel::Tiled => self.attend_tiled(q, o, stats, scratch),
@@ -357,9 +372,9 @@ impl Part<'_> {
                 for (&e, &r) in wh.iter().zip(rh) {
                     s[h] = if r { s[h].mul_add(e, 1.0) } else { s[h] + e };
                 }
-                // The head's `y = y · ms + v · vs` over the run, in registers.
-                h::mad_f16_span(&mut y[h * hd..(h + 1) * hd], rows, stride, wh, rh);
             }
+            // Every head's `y = y · ms + v · vs` over the run, in registers.
+            h::mad_f16_span(y, hd, rows, stride, &w[at..], &raise[at..], n, cnt);
         });
         for (o, y) in o.iter_mut().zip(y.iter()) {
             *o = y.to_f32();

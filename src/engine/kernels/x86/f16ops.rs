@@ -242,45 +242,118 @@ fn round_f16(x: __m512) -> __m512 {
     _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
 }
 
-/// One head's `f16` accumulator over a run of value rows, kept in registers across the run
-/// (64 columns at a time) instead of stored and reloaded per row; same roundings, same bits.
+/// The heads' `f16` accumulators over a run of value rows (`f16ops::mad_f16_span`), up to
+/// four heads at a time, 64 columns at a time; same roundings, same bits as one head at a time.
 ///
 /// # Safety
-/// AVX-512 F/BW/VL; `raise.len() == w.len()` and `rows` holds `w.len()` rows `stride` apart,
-/// each at least `y.len()` long.
+/// AVX-512 F/BW/VL; the lengths `f16ops::mad_f16_span` checks.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn mad_f16_span(y: &mut [f16], rows: &[f16], stride: usize, w: &[f32], raise: &[bool]) {
-    let hd = y.len();
-    for i0 in (0..hd).step_by(64) {
-        let ks: [usize; 4] = std::array::from_fn(|c| hd.saturating_sub(i0 + 16 * c).min(16));
-        // SAFETY: `ks[c]` halves at `i0 + 16 c` of `y` and of every row (the caller's lengths).
-        unsafe {
-            let mut acc: [__m512; 4] = std::array::from_fn(|c| match ks[c] {
-                0 => _mm512_setzero_ps(),
-                k => load16(y.as_ptr().add(i0 + 16 * c), k),
-            });
-            for (p, (&e, &r)) in w.iter().zip(raise).enumerate() {
-                let row = rows.as_ptr().add(p * stride + i0);
-                let vs = if r {
-                    // The maximum rose: rescale (`ggml_vec_scale_f16`), then add the row once.
-                    let ev = _mm512_set1_ps(e);
-                    acc = acc.map(|a| round_f16(_mm512_mul_ps(a, ev)));
-                    _mm512_set1_ps(1.0)
+pub unsafe fn mad_f16_span(
+    y: &mut [f16],
+    hd: usize,
+    rows: &[f16],
+    stride: usize,
+    w: &[f32],
+    raise: &[bool],
+    wstride: usize,
+    n: usize,
+) {
+    let g = y.len() / hd;
+    let mut h0 = 0;
+    while h0 < g {
+        let left = g - h0;
+        macro_rules! span {
+            ($g:literal) => {
+                if hd.is_multiple_of(64) {
+                    heads_span::<$g, true>(y, hd, h0, rows, stride, w, raise, wstride, n)
                 } else {
-                    _mm512_set1_ps(e)
-                };
-                for c in 0..4 {
-                    if ks[c] > 0 {
-                        let b = load16(row.add(16 * c), ks[c]);
-                        acc[c] = round_f16(_mm512_fmadd_ps(b, vs, acc[c]));
+                    heads_span::<$g, false>(y, hd, h0, rows, stride, w, raise, wstride, n)
+                }
+            };
+        }
+        // SAFETY: heads `h0..h0 + G` of `y`, their weights, and the rows (the caller's lengths).
+        unsafe {
+            match left {
+                1 => span!(1),
+                2 => span!(2),
+                3 => span!(3),
+                _ => span!(4),
+            }
+        }
+        h0 += left.min(4);
+    }
+}
+
+/// Heads `h0..h0 + G` of [`mad_f16_span`]; `FULL`: the head size is a multiple of 64, so
+/// every 16-column group is whole.
+///
+/// # Safety
+/// As [`mad_f16_span`], with `h0 + G` heads in `y`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn heads_span<const G: usize, const FULL: bool>(
+    y: &mut [f16],
+    hd: usize,
+    h0: usize,
+    rows: &[f16],
+    stride: usize,
+    w: &[f32],
+    raise: &[bool],
+    wstride: usize,
+    n: usize,
+) {
+    let one = _mm512_set1_ps(1.0);
+    for i0 in (0..hd).step_by(64) {
+        let ks: [usize; 4] = if FULL {
+            [16; 4]
+        } else {
+            std::array::from_fn(|c| hd.saturating_sub(i0 + 16 * c).min(16))
+        };
+        // SAFETY: `ks[c]` halves at `i0 + 16 c` of each head of `y` and of every row, and
+        // weights `(h0 + h) * wstride + p` for `p < n` (the caller's lengths).
+        unsafe {
+            let yh = |h: usize| y.as_ptr().add((h0 + h) * hd + i0);
+            let mut acc: [[__m512; 4]; G] = std::array::from_fn(|h| {
+                std::array::from_fn(|c| match ks[c] {
+                    0 => _mm512_setzero_ps(),
+                    k => load16(yh(h).add(16 * c), k),
+                })
+            });
+            for p in 0..n {
+                let row = rows.as_ptr().add(p * stride + i0);
+                let v: [__m512; 4] = std::array::from_fn(|c| match ks[c] {
+                    0 => _mm512_setzero_ps(),
+                    k => load16(row.add(16 * c), k),
+                });
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let at = (h0 + h) * wstride + p;
+                    let e = *w.get_unchecked(at);
+                    let vs = if *raise.get_unchecked(at) {
+                        // The maximum rose: rescale (`ggml_vec_scale_f16`), then add the row
+                        // once.
+                        let ev = _mm512_set1_ps(e);
+                        *acc = acc.map(|a| round_f16(_mm512_mul_ps(a, ev)));
+                        one
+                    } else {
+                        _mm512_set1_ps(e)
+                    };
+                    for c in 0..4 {
+                        if ks[c] > 0 {
+                            acc[c] = round_f16(_mm512_fmadd_ps(v[c], vs, acc[c]));
+                        }
                     }
                 }
             }
-            for c in 0..4 {
-                if ks[c] > 0 {
-                    let m = ((1u32 << ks[c]) - 1) as u16;
-                    let r = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(acc[c]);
-                    _mm256_mask_storeu_epi16(y.as_mut_ptr().add(i0 + 16 * c).cast(), m, r);
+            for (h, acc) in acc.iter().enumerate() {
+                for c in 0..4 {
+                    if ks[c] > 0 {
+                        let m = ((1u32 << ks[c]) - 1) as u16;
+                        let r = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(acc[c]);
+                        let dst = y.as_mut_ptr().add((h0 + h) * hd + i0 + 16 * c);
+                        _mm256_mask_storeu_epi16(dst.cast(), m, r);
+                    }
                 }
             }
         }
