@@ -92,7 +92,9 @@ pub fn exp_approx(x: f32) -> f32 {
         .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
     // j * 2^n in two steps, the first exact, so that the one rounding falls where `vscalefps`
     // puts it, down to the subnormals. Beyond |n| = 192 the result is 0 or infinity.
-    let ni = n.clamp(-192.0, 192.0) as i32;
+    // `n` is a whole number: its bits plus the shift give it as an integer, without the
+    // saturating float-to-int cast that keeps the loops from vectorizing.
+    let ni = (n.clamp(-192.0, 192.0) + SHIFT).to_bits() as i32 - SHIFT.to_bits() as i32;
     let (h, l) = (ni / 2, ni - ni / 2);
     let r = j * f32::from_bits(((h + 127) << 23) as u32) * f32::from_bits(((l + 127) << 23) as u32);
     if n.abs() > 192.0 {

@@ -22,11 +22,18 @@ use crate::engine::error::{EngineError, Result};
 /// Positions per block.
 pub const BLOCK: usize = 32;
 
-/// The nearest half, saturating at the largest finite one rather than overflowing to infinity
-/// (which attention would turn into NaN).
-#[inline]
-fn to_half(x: f32) -> f16 {
-    f16::from_f32(x.clamp(-65504.0, 65504.0))
+/// The nearest half of every element, saturating at the largest finite one rather than
+/// overflowing to infinity (which attention would turn into NaN); 16 at a time.
+fn to_halves(x: &[f32], out: &mut [f16]) {
+    use half::slice::HalfFloatSliceExt;
+    let mut tmp = [0f32; 16];
+    for (x, out) in x.chunks(16).zip(out.chunks_mut(16)) {
+        let tmp = &mut tmp[..x.len()];
+        for (t, &x) in tmp.iter_mut().zip(x) {
+            *t = x.clamp(-65504.0, 65504.0);
+        }
+        out.convert_from_f32_slice(tmp);
+    }
 }
 
 /// The block pool. One per loaded model.
@@ -205,12 +212,16 @@ impl KvPool {
             self.base(layer, 1) + pos % BLOCK * self.kv_dim,
         );
         let d = self.kv_dim;
+        assert!(k.len() == d && v.len() == d, "KvPool::write: row lengths");
         let block = &mut self.blocks[id];
-        for (c, &x) in k.iter().enumerate() {
-            block[kb + c * BLOCK + pos % BLOCK] = to_half(x);
-        }
-        for (h, &x) in block[vo..vo + d].iter_mut().zip(v) {
-            *h = to_half(x);
+        to_halves(v, &mut block[vo..vo + d]);
+        let mut kh = [f16::ZERO; 256];
+        for (c0, k) in k.chunks(kh.len()).enumerate() {
+            let kh = &mut kh[..k.len()];
+            to_halves(k, kh);
+            for (c, &h) in kh.iter().enumerate() {
+                block[kb + (c0 * 256 + c) * BLOCK + pos % BLOCK] = h;
+            }
         }
     }
 
