@@ -13,6 +13,7 @@
 //! sequence brings to it).
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::engine::kernels::{self, f16ops as h, ops};
 
@@ -99,29 +100,33 @@ pub fn attend(
             kernel: kernel(it.t),
         };
         let q = &q[row0..row0 + gq];
-        if per_chunk && it.span != spans[it.t] {
-            // SAFETY: item `i` writes only its own `per` floats of `partial`, disjoint from
-            // every other item's, and `partial` outlives the call.
-            let mine = unsafe { std::slice::from_raw_parts_mut(part_ptr.0.add(i * per), per) };
-            let (o, stats) = mine.split_at_mut(gq);
-            part(it.span.clone()).attend(q, o, stats, false, &mut Scratch::default());
-            return;
-        }
-        // SAFETY: this item is the only one writing its token's group, `out[row0..row0 + gq]`.
-        let y = unsafe { std::slice::from_raw_parts_mut(dst.0.add(row0), gq) };
-        let n_chunks = chunks(it.span.clone()).count();
-        if n_chunks == 1 {
-            let mut stats = vec![0.0; 2 * group];
-            part(it.span.clone()).attend(q, y, &mut stats, true, &mut Scratch::default());
-            return;
-        }
-        let mut parts = vec![0f32; n_chunks * per];
-        let mut scratch = Scratch::default();
-        for (c, p) in chunks(it.span.clone()).zip(parts.chunks_exact_mut(per)) {
-            let (o, stats) = p.split_at_mut(gq);
-            part(c).attend(q, o, stats, false, &mut scratch);
-        }
-        merge(&parts, group, hd, y);
+        SCRATCH.with_borrow_mut(|scratch| {
+            if per_chunk && it.span != spans[it.t] {
+                // SAFETY: item `i` writes only its own `per` floats of `partial`, disjoint from
+                // every other item's, and `partial` outlives the call.
+                let mine = unsafe { std::slice::from_raw_parts_mut(part_ptr.0.add(i * per), per) };
+                let (o, stats) = mine.split_at_mut(gq);
+                part(it.span.clone()).attend(q, o, stats, false, scratch);
+                return;
+            }
+            // SAFETY: this item is the only one writing its token's group,
+            // `out[row0..row0 + gq]`.
+            let y = unsafe { std::slice::from_raw_parts_mut(dst.0.add(row0), gq) };
+            let n_chunks = chunks(it.span.clone()).count();
+            if n_chunks == 1 {
+                let mut stats = std::mem::take(&mut scratch.stats);
+                stats.resize(2 * group, 0.0);
+                part(it.span.clone()).attend(q, y, &mut stats, true, scratch);
+                scratch.stats = stats;
+                return;
+            }
+            let mut parts = vec![0f32; n_chunks * per];
+            for (c, p) in chunks(it.span.clone()).zip(parts.chunks_exact_mut(per)) {
+                let (o, stats) = p.split_at_mut(gq);
+                part(c).attend(q, o, stats, false, scratch);
+            }
+            merge(&parts, group, hd, y);
+        });
     });
     if per_chunk {
         // Merge the chunks of split spans (items of one (token, KV head) are consecutive).
@@ -220,9 +225,16 @@ struct Item {
     span: std::ops::Range<usize>,
 }
 
-/// Buffers [`Part::attend`] reuses across the chunks of one work item.
+thread_local! {
+    /// Each thread's attention buffers, reused from item to item and step to step.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// Buffers [`Part::attend`] reuses across work items.
 #[derive(Default)]
 struct Scratch {
+    /// A whole span's heads' maxima and sums.
+    stats: Vec<f32>,
     w: Vec<f32>,
     tmp: Vec<f32>,
     q: Vec<f32>,
@@ -338,8 +350,11 @@ impl Part<'_> {
             raise,
             ..
         } = scratch;
-        qh.clear();
-        qh.extend(q.iter().map(|&v| f16::from_f32(v).to_f32()));
+        // The query rounded to `f16` (llama.cpp converts it for its `f16` dot products).
+        y.resize(q.len(), f16::ZERO);
+        y.convert_from_f32_slice(q);
+        qh.resize(q.len(), 0.0);
+        y.convert_to_f32_slice(qh);
         w.resize(g * n, 0.0);
         self.scores(qh, w, tmp);
         let (m, s) = stats.split_at_mut(g);
@@ -376,9 +391,7 @@ impl Part<'_> {
             // Every head's `y = y · ms + v · vs` over the run, in registers.
             h::mad_f16_span(y, hd, rows, stride, &w[at..], &raise[at..], n, cnt);
         });
-        for (o, y) in o.iter_mut().zip(y.iter()) {
-            *o = y.to_f32();
-        }
+        y.convert_to_f32_slice(o);
     }
 
     /// llama.cpp's tiled kernel: 64-position tiles (at multiples of 64), each raising the
