@@ -27,94 +27,6 @@ fn prefetch(ahead: usize, col: *const u8, bytes: usize) {
 /// Bytes of one activation block.
 const XB: usize = std::mem::size_of::<BlockQ8s>();
 
-/// One block column of a 32-wide format: the rows' scales `d`, minima (zero without), and the
-/// eight vectors of 4-value groups.
-///
-/// # Safety
-/// `col` points at one whole block column (`lay.bytes` bytes); offsets follow `Layout`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn unpack32(lay: &Layout, col: *const u8) -> (__m512, __m512, [__m512i; 8]) {
-    // SAFETY: as the caller guarantees.
-    unsafe {
-        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
-        let m = if lay.min {
-            _mm512_cvtph_ps(_mm256_loadu_si256(col.add(lay.m_at).cast()))
-        } else {
-            _mm512_setzero_ps()
-        };
-        let v = col.add(lay.values_at);
-        let mut wv = [_mm512_setzero_si512(); 8];
-        if lay.bytes - lay.values_at == 32 * R {
-            for (j, w) in wv.iter_mut().enumerate() {
-                *w = _mm512_loadu_si512(v.add(64 * j).cast());
-            }
-        } else {
-            let m4 = _mm512_set1_epi8(0x0F);
-            for g in 0..4 {
-                let q = _mm512_loadu_si512(v.add(64 * g).cast());
-                wv[2 * g] = _mm512_and_si512(q, m4);
-                wv[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
-            }
-            if lay.q5 {
-                let k16 = _mm512_set1_epi8(16);
-                for (j, w) in wv.iter_mut().enumerate() {
-                    let k = col.add(lay.masks_at + 8 * j).cast::<u64>().read_unaligned();
-                    *w = _mm512_mask_add_epi8(*w, k, *w, k16);
-                }
-            }
-        }
-        (dw, m, wv)
-    }
-}
-
-/// The 32-wide formats in ward's own order (`WARD_NUMERICS=fast`): each block's 32-value
-/// integer sum scaled once and the minimum (or offset) term fused in, up to 8 tokens a pass.
-/// About twice the prefill and batched-decode speed of [`tile_x`], at the cost of last-bit
-/// agreement with llama.cpp.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_fast<const T: usize>(
-    lay: &Layout,
-    tile: &[u8],
-    a: &[u8],
-    arow: usize,
-    ahead: usize,
-    out: &mut [[f32; R]],
-) {
-    let nb = tile.len() / lay.bytes;
-    assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * XB);
-    let mut acc = [_mm512_setzero_ps(); T];
-    for b in 0..nb {
-        let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-        prefetch(ahead, col, lay.bytes);
-        // SAFETY: `col` is one whole block column (`lay.bytes` bytes).
-        let (dw, m, wv) = unsafe { unpack32(lay, col) };
-        let c = if lay.min {
-            m
-        } else {
-            _mm512_mul_ps(dw, _mm512_set1_ps(-lay.offset))
-        };
-        for t in 0..T {
-            // SAFETY: block `b` of token `t` lies inside `a` (asserted).
-            let x = unsafe { &*a.as_ptr().add(t * arow + b * XB).cast::<BlockQ8s>() };
-            let mut s = _mm512_setzero_si512();
-            for (j, &w) in wv.iter().enumerate() {
-                // SAFETY: 4 bytes at `4j` of the 32 values.
-                let g = unsafe { x.qs.as_ptr().add(4 * j).cast::<i32>().read_unaligned() };
-                s = _mm512_dpbusd_epi32(s, w, _mm512_set1_epi32(g));
-            }
-            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.d));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[t]);
-            acc[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(x.s), acc[t]);
-        }
-    }
-    for t in 0..T {
-        // SAFETY: 16 floats.
-        unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]) };
-    }
-}
-
 /// The 32-wide formats as a kernel's const parameter, with their block-column layout
 /// (`packed::Layout`) as constants, so that the inner loops carry no format tests.
 const Q4_0: u8 = 0;
@@ -133,6 +45,13 @@ impl<const F: u8> Fmt<F> {
     const MASKS_AT: usize = Self::M_AT + if Self::MIN { 2 * R } else { 0 };
     const VALUES_AT: usize = Self::MASKS_AT + if Self::Q5 { 64 } else { 0 };
     const BYTES: usize = Self::VALUES_AT + if Self::Q8 { 32 * R } else { 16 * R };
+    /// `w = d (v - OFFSET)` for the formats without a minimum.
+    const OFFSET: f32 = match F {
+        Q4_0 => 8.0,
+        Q5_0 => 16.0,
+        Q8_0 => 128.0,
+        _ => 0.0,
+    };
 
     /// Checks that `lay` is this format's layout.
     fn check(lay: &Layout) {
@@ -143,7 +62,8 @@ impl<const F: u8> Fmt<F> {
                 && lay.m_at == Self::M_AT
                 && lay.masks_at == Self::MASKS_AT
                 && lay.values_at == Self::VALUES_AT
-                && lay.bytes == Self::BYTES,
+                && lay.bytes == Self::BYTES
+                && lay.offset == Self::OFFSET,
             "packed kernel: layout of another format"
         );
     }
@@ -160,7 +80,7 @@ fn fmt_of(lay: &Layout) -> u8 {
     }
 }
 
-/// [`unpack32`] for format `F`: the eight vectors of 4-value groups of one block column.
+/// The eight vectors of 4-value groups of one block column.
 ///
 /// # Safety
 /// `col` points at one whole block column of format `F`.
@@ -267,6 +187,63 @@ unsafe fn tile_x<const T: usize, const F: u8>(
         }
         // SAFETY: 16 floats.
         unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), r) };
+    }
+}
+
+/// The 32-wide formats in ward's own order (`WARD_NUMERICS=fast`): each block's 32-value
+/// integer sum scaled once and the minimum (or offset) term fused in, up to 8 tokens a pass.
+/// About twice the prefill and batched-decode speed of [`tile_x`], at the cost of last-bit
+/// agreement with llama.cpp. Format and token count are const parameters, as in [`tile_x`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_fast<const T: usize, const F: u8>(
+    lay: &Layout,
+    tile: &[u8],
+    a: &[u8],
+    arow: usize,
+    ahead: usize,
+    out: &mut [[f32; R]],
+) {
+    Fmt::<F>::check(lay);
+    let bytes = Fmt::<F>::BYTES;
+    let nb = tile.len() / bytes;
+    assert!(out.len() == T && tile.len() == nb * bytes && a.len() >= (T - 1) * arow + nb * XB);
+    let mut acc = [_mm512_setzero_ps(); T];
+    let (mut col, mut x0) = (tile.as_ptr(), a.as_ptr());
+    for _ in 0..nb {
+        if ahead > 0 {
+            for off in (0..bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(col.wrapping_add(ahead + off).cast());
+            }
+        }
+        // SAFETY: `col` is one whole block column of format `F` (`nb` columns asserted), and
+        // block `b` of each of the `T` tokens lies inside `a` (asserted).
+        unsafe {
+            let wv = values32::<F>(col);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
+            let c = if Fmt::<F>::MIN {
+                _mm512_cvtph_ps(_mm256_loadu_si256(col.add(Fmt::<F>::M_AT).cast()))
+            } else {
+                _mm512_mul_ps(dw, _mm512_set1_ps(-Fmt::<F>::OFFSET))
+            };
+            for t in 0..T {
+                let x = &*x0.add(t * arow).cast::<BlockQ8s>();
+                let mut s = _mm512_setzero_si512();
+                for (j, &w) in wv.iter().enumerate() {
+                    let g = x.qs.as_ptr().add(4 * j).cast::<i32>().read_unaligned();
+                    s = _mm512_dpbusd_epi32(s, w, _mm512_set1_epi32(g));
+                }
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.d));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[t]);
+                acc[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(x.s), acc[t]);
+            }
+            col = col.add(bytes);
+            x0 = x0.add(XB);
+        }
+    }
+    for t in 0..T {
+        // SAFETY: 16 floats.
+        unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]) };
     }
 }
 
@@ -625,21 +602,30 @@ pub unsafe fn tile(
             }
             return;
         }
+        let f = fmt_of(lay);
         if numerics() == Numerics::Fast {
-            return match out.len() {
-                1 => tile_fast::<1>(lay, tile, a, arow, ahead(1), out),
-                2 => tile_fast::<2>(lay, tile, a, arow, ahead(1), out),
-                3 => tile_fast::<3>(lay, tile, a, arow, ahead(1), out),
-                4 => tile_fast::<4>(lay, tile, a, arow, ahead(1), out),
-                5 => tile_fast::<5>(lay, tile, a, arow, ahead(1), out),
-                6 => tile_fast::<6>(lay, tile, a, arow, ahead(1), out),
-                7 => tile_fast::<7>(lay, tile, a, arow, ahead(1), out),
-                8 => tile_fast::<8>(lay, tile, a, arow, ahead(1), out),
-                n => unreachable!("{n} tokens"),
-            };
+            let ahead = first(0, 1);
+            macro_rules! fast {
+                ($($f:ident),*) => {
+                    match f {
+                        $($f => match out.len() {
+                            1 => tile_fast::<1, $f>(lay, tile, a, arow, ahead, out),
+                            2 => tile_fast::<2, $f>(lay, tile, a, arow, ahead, out),
+                            3 => tile_fast::<3, $f>(lay, tile, a, arow, ahead, out),
+                            4 => tile_fast::<4, $f>(lay, tile, a, arow, ahead, out),
+                            5 => tile_fast::<5, $f>(lay, tile, a, arow, ahead, out),
+                            6 => tile_fast::<6, $f>(lay, tile, a, arow, ahead, out),
+                            7 => tile_fast::<7, $f>(lay, tile, a, arow, ahead, out),
+                            8 => tile_fast::<8, $f>(lay, tile, a, arow, ahead, out),
+                            n => unreachable!("{n} tokens"),
+                        },)*
+                        _ => unreachable!("format {f}"),
+                    }
+                };
+            }
+            return fast!(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0);
         }
         let passes = out.len().div_ceil(2);
-        let f = fmt_of(lay);
         for (c, o) in out.chunks_mut(2).enumerate() {
             let a = &a[2 * c * arow..];
             let ahead = first(c, passes);
