@@ -143,52 +143,57 @@ fn mad_f16_scalar(y: &mut [f16], x: &[f16], v: f32) {
     }
 }
 
-/// The `f16` accumulators of `y.len() / hd` heads (`y[h * hd..][..hd]`) over a run of `n`
-/// value rows (`rows[p * stride..][..hd]`), in row order, head `h` taking weight
-/// `w[h * wstride + p]`: where `raise[h * wstride + p]`, `y = f16(y · w)` and then
+/// A run of `n` value rows (`rows[p * stride..]`) and the weights of several heads over it:
+/// head `h` weighs row `p` by `w[h * wstride + p]`, and `raise[h * wstride + p]` says whether
+/// that row raised the head's running maximum (see [`mad_f16_span`]).
+#[derive(Clone, Copy)]
+pub struct ValueRun<'a> {
+    pub rows: &'a [f16],
+    pub stride: usize,
+    pub w: &'a [f32],
+    pub raise: &'a [bool],
+    pub wstride: usize,
+    pub n: usize,
+}
+
+/// The `f16` accumulators of `y.len() / hd` heads (`y[h * hd..][..hd]`) over a run of value
+/// rows, in row order: where the row raised the head's maximum, `y = f16(y · w)` and then
 /// `y = f16(row + y)`; elsewhere `y = f16(row · w + y)`. Each step rounds as llama.cpp's
 /// `ggml_vec_scale_f16` and `ggml_vec_mad_f16` do (its one-row attention); the accumulators
 /// stay in registers across the run, several heads at a time so that each value row is
 /// converted once for all of them and their rounding chains overlap.
-#[allow(clippy::too_many_arguments)]
-pub fn mad_f16_span(
-    y: &mut [f16],
-    hd: usize,
-    rows: &[f16],
-    stride: usize,
-    w: &[f32],
-    raise: &[bool],
-    wstride: usize,
-    n: usize,
-) {
+pub fn mad_f16_span(y: &mut [f16], hd: usize, run: &ValueRun) {
     assert!(
         hd > 0 && y.len().is_multiple_of(hd),
         "f16ops::mad_f16_span: heads"
     );
+    let n = run.n;
     if n == 0 || y.is_empty() {
         return;
     }
     let g = y.len() / hd;
     assert!(
-        n <= wstride || g == 1,
+        n <= run.wstride || g == 1,
         "f16ops::mad_f16_span: weight stride"
     );
+    let need = (g - 1) * run.wstride + n;
     assert!(
-        w.len() >= (g - 1) * wstride + n && raise.len() >= (g - 1) * wstride + n,
+        run.w.len() >= need && run.raise.len() >= need,
         "f16ops::mad_f16_span: lengths"
     );
     assert!(
-        rows.len() >= (n - 1) * stride + hd,
+        run.rows.len() >= (n - 1) * run.stride + hd,
         "f16ops::mad_f16_span: rows"
     );
     #[cfg(target_arch = "x86_64")]
     if isa::get() >= Isa::Avx512 {
         // SAFETY: AVX-512 F/BW/VL detected; lengths checked.
-        return unsafe { simd::mad_f16_span(y, hd, rows, stride, w, raise, wstride, n) };
+        return unsafe { simd::mad_f16_span(y, hd, run) };
     }
     for (h, y) in y.chunks_exact_mut(hd).enumerate() {
-        let at = h * wstride;
-        mad_f16_span_scalar(y, rows, stride, &w[at..at + n], &raise[at..at + n]);
+        let at = h * run.wstride;
+        let (w, raise) = (&run.w[at..at + n], &run.raise[at..at + n]);
+        mad_f16_span_scalar(y, run.rows, run.stride, w, raise);
     }
 }
 
@@ -281,7 +286,15 @@ mod tests {
                     .collect();
                 let (mut y1, mut y2) =
                     (halves(&data(heads * hd, 10)), halves(&data(heads * hd, 10)));
-                mad_f16_span(&mut y1, hd, &rows, rstride, &w, &raise, wstride, n);
+                let run = ValueRun {
+                    rows: &rows,
+                    stride: rstride,
+                    w: &w,
+                    raise: &raise,
+                    wstride,
+                    n,
+                };
+                mad_f16_span(&mut y1, hd, &run);
                 for (h, y) in y2.chunks_exact_mut(hd).enumerate() {
                     let at = h * wstride;
                     mad_f16_span_scalar(y, &rows, rstride, &w[at..at + n], &raise[at..at + n]);

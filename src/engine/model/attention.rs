@@ -389,7 +389,15 @@ impl Part<'_> {
                 }
             }
             // Every head's `y = y · ms + v · vs` over the run, in registers.
-            h::mad_f16_span(y, hd, rows, stride, &w[at..], &raise[at..], n, cnt);
+            let run = h::ValueRun {
+                rows,
+                stride,
+                w: &w[at..],
+                raise: &raise[at..],
+                wstride: n,
+                n: cnt,
+            };
+            h::mad_f16_span(y, hd, &run);
         });
         y.convert_to_f32_slice(o);
     }

@@ -53,6 +53,18 @@ impl<const F: u8> Fmt<F> {
         _ => 0.0,
     };
 
+    /// Checks a tile kernel's layout and lengths for `tokens` tokens; the number of block
+    /// columns.
+    fn columns(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, tokens: usize) -> usize {
+        Self::check(lay);
+        let nb = tile.len() / Self::BYTES;
+        assert!(
+            tile.len() == nb * Self::BYTES && a.len() >= (tokens - 1) * arow + nb * XB,
+            "packed kernel: lengths"
+        );
+        nb
+    }
+
     /// Checks that `lay` is this format's layout.
     fn check(lay: &Layout) {
         assert!(
@@ -134,20 +146,14 @@ unsafe fn tile_x<const T: usize, const F: u8>(
     ahead: usize,
     out: &mut [[f32; R]],
 ) {
-    Fmt::<F>::check(lay);
-    let bytes = Fmt::<F>::BYTES;
-    let nb = tile.len() / bytes;
-    assert!(out.len() == T && tile.len() == nb * bytes && a.len() >= (T - 1) * arow + nb * XB);
+    assert_eq!(out.len(), T, "packed kernel: tokens");
+    let (nb, bytes) = (Fmt::<F>::columns(lay, tile, a, arow, T), Fmt::<F>::BYTES);
     let zero = _mm512_setzero_si512();
     let mut acc = [[_mm512_setzero_ps(); 8]; T];
     let mut summ = [_mm512_setzero_ps(); T];
     let (mut col, mut x0) = (tile.as_ptr(), a.as_ptr());
     for _ in 0..nb {
-        if ahead > 0 {
-            for off in (0..bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(col.wrapping_add(ahead + off).cast());
-            }
-        }
+        prefetch(ahead, col, bytes);
         // SAFETY: `col` is one whole block column of format `F` (`nb` columns asserted), and
         // block `b` of each of the `T` tokens lies inside `a` (asserted).
         unsafe {
@@ -204,18 +210,12 @@ unsafe fn tile_fast<const T: usize, const F: u8>(
     ahead: usize,
     out: &mut [[f32; R]],
 ) {
-    Fmt::<F>::check(lay);
-    let bytes = Fmt::<F>::BYTES;
-    let nb = tile.len() / bytes;
-    assert!(out.len() == T && tile.len() == nb * bytes && a.len() >= (T - 1) * arow + nb * XB);
+    assert_eq!(out.len(), T, "packed kernel: tokens");
+    let (nb, bytes) = (Fmt::<F>::columns(lay, tile, a, arow, T), Fmt::<F>::BYTES);
     let mut acc = [_mm512_setzero_ps(); T];
     let (mut col, mut x0) = (tile.as_ptr(), a.as_ptr());
     for _ in 0..nb {
-        if ahead > 0 {
-            for off in (0..bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(col.wrapping_add(ahead + off).cast());
-            }
-        }
+        prefetch(ahead, col, bytes);
         // SAFETY: `col` is one whole block column of format `F` (`nb` columns asserted), and
         // block `b` of each of the `T` tokens lies inside `a` (asserted).
         unsafe {

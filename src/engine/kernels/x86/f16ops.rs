@@ -1,6 +1,8 @@
 //! AVX-512 versions of the attention kernels in `kernels/f16ops.rs`.
 
 use half::f16;
+
+use super::super::f16ops::ValueRun;
 use std::arch::x86_64::*;
 
 /// Largest head size these kernels take.
@@ -247,18 +249,8 @@ fn round_f16(x: __m512) -> __m512 {
 ///
 /// # Safety
 /// AVX-512 F/BW/VL; the lengths `f16ops::mad_f16_span` checks.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn mad_f16_span(
-    y: &mut [f16],
-    hd: usize,
-    rows: &[f16],
-    stride: usize,
-    w: &[f32],
-    raise: &[bool],
-    wstride: usize,
-    n: usize,
-) {
+pub unsafe fn mad_f16_span(y: &mut [f16], hd: usize, run: &ValueRun) {
     let g = y.len() / hd;
     let mut h0 = 0;
     while h0 < g {
@@ -266,9 +258,9 @@ pub unsafe fn mad_f16_span(
         macro_rules! span {
             ($g:literal) => {
                 if hd.is_multiple_of(64) {
-                    heads_span::<$g, true>(y, hd, h0, rows, stride, w, raise, wstride, n)
+                    heads_span::<$g, true>(y, hd, h0, run)
                 } else {
-                    heads_span::<$g, false>(y, hd, h0, rows, stride, w, raise, wstride, n)
+                    heads_span::<$g, false>(y, hd, h0, run)
                 }
             };
         }
@@ -290,20 +282,22 @@ pub unsafe fn mad_f16_span(
 ///
 /// # Safety
 /// As [`mad_f16_span`], with `h0 + G` heads in `y`.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn heads_span<const G: usize, const FULL: bool>(
     y: &mut [f16],
     hd: usize,
     h0: usize,
-    rows: &[f16],
-    stride: usize,
-    w: &[f32],
-    raise: &[bool],
-    wstride: usize,
-    n: usize,
+    run: &ValueRun,
 ) {
+    let ValueRun {
+        rows,
+        stride,
+        w,
+        raise,
+        wstride,
+        n,
+    } = *run;
     let one = _mm512_set1_ps(1.0);
     for i0 in (0..hd).step_by(64) {
         let ks: [usize; 4] = if FULL {
