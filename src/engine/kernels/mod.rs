@@ -235,25 +235,33 @@ fn prefetch_distance() -> usize {
     })
 }
 
-/// Hints the cache lines of `data[range]` (clipped to `data`) into L1.
+/// Hints the cache lines of the `len` bytes at `p` into L1 (`L2 = false`) or L2.
 #[inline(always)]
-fn prefetch(data: &[u8], range: std::ops::Range<usize>) {
+fn prefetch_lines<const L2: bool>(p: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    {
-        let end = range.end.min(data.len());
-        let mut i = range.start;
-        while i < end {
-            // SAFETY: `i < data.len()`, so the address is inside `data`; prefetching never
-            // faults and does not change memory.
-            unsafe {
-                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().add(i).cast());
+    for i in (0..len).step_by(64) {
+        use std::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1, _mm_prefetch};
+        // SAFETY: prefetching never faults and does not change memory; the callers pass
+        // addresses inside one allocation.
+        unsafe {
+            if L2 {
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(i).cast())
+            } else {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i).cast())
             }
-            i += 64;
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (data, range);
+    let _ = (p, len);
+}
+
+/// Hints the cache lines of `data[range]` (clipped to `data`) into L1.
+#[inline(always)]
+fn prefetch(data: &[u8], range: std::ops::Range<usize>) {
+    let end = range.end.min(data.len());
+    if range.start < end {
+        prefetch_lines::<false>(data[range.start..].as_ptr(), end - range.start);
+    }
 }
 
 /// Hints the cache lines of `data` into the second-level cache, ahead of reads that would
@@ -261,22 +269,7 @@ fn prefetch(data: &[u8], range: std::ops::Range<usize>) {
 /// through the last-level cache since the previous step).
 #[inline]
 pub fn prefetch_l2<T>(data: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let (p, len) = (data.as_ptr().cast::<u8>(), std::mem::size_of_val(data));
-        let mut i = 0;
-        while i < len {
-            // SAFETY: `i < len`, so the address is inside `data`; prefetching never faults and
-            // does not change memory.
-            unsafe {
-                use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
-                _mm_prefetch::<_MM_HINT_T1>(p.add(i).cast());
-            }
-            i += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
+    prefetch_lines::<true>(data.as_ptr().cast(), std::mem::size_of_val(data));
 }
 
 /// Splits the `rows × n` output into tiles and runs them on the pool.

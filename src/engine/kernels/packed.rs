@@ -37,7 +37,7 @@ pub struct PackedMatrix {
 }
 
 /// Byte offsets inside one block column of a tile.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 pub struct Layout {
     /// `Q4_K` / `Q5_K` / `Q6_K` (see `packed_k.rs`) rather than a 32-wide format.
     pub kquant: bool,
@@ -57,9 +57,9 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn of(dtype: GgmlDType) -> Option<Layout> {
+    pub const fn of(dtype: GgmlDType) -> Option<Layout> {
         use GgmlDType::*;
-        if dtype == Q6K {
+        if matches!(dtype, Q6K) {
             let q6 = packed_k::q6::BYTES;
             let (v, h) = (packed_k::q6::V_AT, packed_k::q6::H_AT);
             return Some(Layout {
@@ -76,7 +76,7 @@ impl Layout {
             });
         }
         if matches!(dtype, Q4K | Q5K) {
-            let q5 = dtype == Q5K;
+            let q5 = matches!(dtype, Q5K);
             return Some(Layout {
                 kquant: true,
                 q6: false,
@@ -101,7 +101,11 @@ impl Layout {
         let m_at = 2 * R;
         let masks_at = m_at + if min { 2 * R } else { 0 };
         let values_at = masks_at + if q5 { 64 } else { 0 };
-        let values = if dtype == Q8_0 { 32 * R } else { 16 * R };
+        let values = if matches!(dtype, Q8_0) {
+            32 * R
+        } else {
+            16 * R
+        };
         Some(Layout {
             kquant: false,
             q6: false,
@@ -592,7 +596,8 @@ pub(crate) fn matmul_packed_many_isa(
                     tiles,
                     tokens,
                 } = &work[c];
-                let (p, rows) = (&plans[*plan], ws[*plan].rows);
+                let p = &plans[*plan];
+                let rows = p.w.rows;
                 for tile in tiles.clone() {
                     let mut t0 = tokens.start;
                     while t0 < tokens.end {

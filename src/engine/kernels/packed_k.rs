@@ -21,12 +21,12 @@ pub const MN_AT: usize = 192;
 pub const MASKS_AT: usize = 320;
 
 /// Bytes of one super-block column.
-pub fn column_bytes(q5: bool) -> usize {
+pub const fn column_bytes(q5: bool) -> usize {
     MASKS_AT + if q5 { 512 } else { 0 } + 2048
 }
 
 /// Offset of the nibbles.
-pub fn values_at(q5: bool) -> usize {
+pub const fn values_at(q5: bool) -> usize {
     MASKS_AT + if q5 { 512 } else { 0 }
 }
 

@@ -2,6 +2,7 @@
 //! `zmm` of weights holds 4 values of 16 rows, so `vpdpbusd` against a broadcast 4-byte activation
 //! group accumulates all 16 rows at once and no horizontal sums are needed.
 
+use super::super::GgmlDType;
 use super::super::blocks::{BlockQ8K, BlockQ8s};
 use super::super::isa::{Numerics, numerics};
 use super::super::packed::{Layout, R};
@@ -38,46 +39,39 @@ const Q8_0: u8 = 4;
 struct Fmt<const F: u8>;
 
 impl<const F: u8> Fmt<F> {
-    const MIN: bool = F == Q4_1 || F == Q5_1;
-    const Q5: bool = F == Q5_0 || F == Q5_1;
-    const Q8: bool = F == Q8_0;
-    const M_AT: usize = 2 * R;
-    const MASKS_AT: usize = Self::M_AT + if Self::MIN { 2 * R } else { 0 };
-    const VALUES_AT: usize = Self::MASKS_AT + if Self::Q5 { 64 } else { 0 };
-    const BYTES: usize = Self::VALUES_AT + if Self::Q8 { 32 * R } else { 16 * R };
-    /// `w = d (v - OFFSET)` for the formats without a minimum.
-    const OFFSET: f32 = match F {
-        Q4_0 => 8.0,
-        Q5_0 => 16.0,
-        Q8_0 => 128.0,
-        _ => 0.0,
+    const LAYOUT: Layout = match Layout::of(match F {
+        Q4_0 => GgmlDType::Q4_0,
+        Q4_1 => GgmlDType::Q4_1,
+        Q5_0 => GgmlDType::Q5_0,
+        Q5_1 => GgmlDType::Q5_1,
+        _ => GgmlDType::Q8_0,
+    }) {
+        Some(l) => l,
+        None => panic!("a 32-wide packed format"),
     };
+    const MIN: bool = Self::LAYOUT.min;
+    const Q5: bool = Self::LAYOUT.q5;
+    const Q8: bool = F == Q8_0;
+    const M_AT: usize = Self::LAYOUT.m_at;
+    const MASKS_AT: usize = Self::LAYOUT.masks_at;
+    const VALUES_AT: usize = Self::LAYOUT.values_at;
+    const BYTES: usize = Self::LAYOUT.bytes;
+    const OFFSET: f32 = Self::LAYOUT.offset;
 
-    /// Checks a tile kernel's layout and lengths for `tokens` tokens; the number of block
-    /// columns.
+    /// Checks that `lay` is this format's layout and the lengths of a tile kernel's call for
+    /// `tokens` tokens; the number of block columns.
     fn columns(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, tokens: usize) -> usize {
-        Self::check(lay);
+        assert_eq!(
+            *lay,
+            Self::LAYOUT,
+            "packed kernel: layout of another format"
+        );
         let nb = tile.len() / Self::BYTES;
         assert!(
             tile.len() == nb * Self::BYTES && a.len() >= (tokens - 1) * arow + nb * XB,
             "packed kernel: lengths"
         );
         nb
-    }
-
-    /// Checks that `lay` is this format's layout.
-    fn check(lay: &Layout) {
-        assert!(
-            !lay.kquant
-                && lay.min == Self::MIN
-                && lay.q5 == Self::Q5
-                && lay.m_at == Self::M_AT
-                && lay.masks_at == Self::MASKS_AT
-                && lay.values_at == Self::VALUES_AT
-                && lay.bytes == Self::BYTES
-                && lay.offset == Self::OFFSET,
-            "packed kernel: layout of another format"
-        );
     }
 }
 
