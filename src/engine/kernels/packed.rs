@@ -590,6 +590,8 @@ pub(crate) fn matmul_packed_many_isa(
         let act = &*act;
         let claims = pool::Chunks::new(work.len());
         let task = |_| {
+            // Each kernel call writes all of `v[..k]`.
+            let mut v = [[0f32; R]; isa::MAX_TOKENS];
             while let Some(c) = claims.claim() {
                 let Chunk {
                     plan,
@@ -602,7 +604,6 @@ pub(crate) fn matmul_packed_many_isa(
                     let mut t0 = tokens.start;
                     while t0 < tokens.end {
                         let k = (tokens.end - t0).min(isa::MAX_TOKENS);
-                        let mut v = [[0f32; R]; isa::MAX_TOKENS];
                         let a = &act[t0 * arow..(t0 + k) * arow];
                         let gemm = p.multi.saturating_sub(t0).min(k);
                         // SAFETY: the kernel matches an ISA this CPU supports.
@@ -616,7 +617,11 @@ pub(crate) fn matmul_packed_many_isa(
                             // `n * rows`, inside that matrix's output.
                             unsafe {
                                 let o = p.out.get().add((t0 + j) * rows + tile * R);
-                                std::ptr::copy_nonoverlapping(v.as_ptr(), o, live);
+                                if live == R {
+                                    o.cast::<[f32; R]>().write_unaligned(*v);
+                                } else {
+                                    std::ptr::copy_nonoverlapping(v.as_ptr(), o, live);
+                                }
                             }
                         }
                         t0 += k;
