@@ -4,7 +4,8 @@
 //! per-repetition tokens per second.
 //!
 //! Decode on a CPU is bound by memory bandwidth: every generated token reads every weight once.
-//! The report turns decode speed into GB/s so it can be compared with the machine's bound.
+//! The report turns decode speed into GB/s and compares it with the machine's read bandwidth,
+//! measured after the runs with the same threads ([`super::bandwidth`]).
 //!
 //! With `parallel` above 1 it also decodes that many sequences together, one token each per
 //! forward pass (what a server's continuous batching does with as many streams), and reports
@@ -23,10 +24,6 @@ use crate::engine::gguf::GgufFile;
 use crate::engine::kernels;
 use crate::engine::loaded::LoadedModel;
 use crate::engine::model::{Batch, KvPool, Model, SeqKv};
-
-/// Memory read bandwidth of the reference machine with 2 threads (`perf-baseline.md`: 72-76 GB/s
-/// STREAM-like), the ceiling for decode.
-pub const MEMORY_BOUND_GBPS: f64 = 75.0;
 
 /// Tokens prefilled (untimed) before a decode run, so that decoding attends to a short context.
 pub const DECODE_PROMPT: usize = 8;
@@ -99,8 +96,10 @@ pub struct EngineReport {
     pub weight_bytes_per_token: u64,
     /// `weight_bytes_per_token × tg_tps`, in GB/s (10⁹ bytes).
     pub decode_gbps: Option<f64>,
-    /// The bandwidth bound it is compared against ([`MEMORY_BOUND_GBPS`]).
-    pub memory_bound_gbps: f64,
+    /// The bound it is compared against: this machine's memory read bandwidth with `threads`
+    /// threads, measured after the runs ([`super::bandwidth::read_gbps`]; `None` without a
+    /// decode run).
+    pub memory_read_gbps: Option<f64>,
 }
 
 /// Loads the GGUF file at `path` and measures it; `name` is only echoed in the report.
@@ -178,6 +177,10 @@ pub fn run(path: &Path, name: &str, cfg: &EngineConfig) -> Result<EngineReport, 
     }
     let rate = |v: &[f64]| (!v.is_empty()).then(|| mean_stdev(v));
     let (pp_rate, tg_rate, tgp_rate) = (rate(&pp), rate(&tg), rate(&tgp));
+    // Peak RSS first: the bandwidth test's buffer is not the model's memory.
+    let peak_rss_bytes = peak_rss_bytes();
+    drop(pool);
+    let memory_read_gbps = tg_rate.and_then(|_| super::bandwidth::read_gbps(kernels::threads()));
     Ok(EngineReport {
         model: name.to_string(),
         threads: kernels::threads(),
@@ -192,11 +195,11 @@ pub fn run(path: &Path, name: &str, cfg: &EngineConfig) -> Result<EngineReport, 
         tg_parallel_tps: tgp_rate.map(|r| r.0),
         tg_parallel_tps_stdev: tgp_rate.map(|r| r.1),
         load_s: loaded.load_seconds,
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes,
         file_bytes,
         weight_bytes_per_token,
         decode_gbps: tg_rate.map(|r| weight_bytes_per_token as f64 * r.0 / 1e9),
-        memory_bound_gbps: MEMORY_BOUND_GBPS,
+        memory_read_gbps,
     })
 }
 
@@ -342,6 +345,7 @@ mod tests {
         assert!(r.weight_bytes_per_token < r.file_bytes, "{r:?}");
         assert!(r.weight_bytes_per_token > r.file_bytes * 9 / 10, "{r:?}");
         assert!(r.decode_gbps.is_some_and(|g| g > 0.0));
+        assert!(r.memory_read_gbps.is_some_and(|g| g > 0.0));
         let json = serde_json::to_value(&r).unwrap();
         for key in [
             "pp_tps",

@@ -6,10 +6,12 @@
 //!   at several concurrency levels, and reports time to first token, inter-token latency and
 //!   throughput percentiles.
 //!
+//! [`bandwidth`] measures the machine's memory read bandwidth, decode's bound.
 //! [`sse`] parses the event stream by hand so that every chunk is timed when it arrives,
 //! [`stats`] holds the percentile maths and [`table`] lays the reports out for the terminal.
 //! Nothing here prints or parses flags: that is `src/cli/bench.rs`.
 
+pub mod bandwidth;
 pub mod endpoint;
 pub mod engine;
 mod request;

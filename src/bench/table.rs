@@ -48,11 +48,17 @@ pub fn engine(r: &EngineReport) -> String {
     if let Some(gbps) = r.decode_gbps {
         let _ = write!(
             s,
-            ", decode reads {:.1} MB/token: {gbps:.1} GB/s ({:.0}% of the ~{:.0} GB/s bound)",
-            r.weight_bytes_per_token as f64 / 1e6,
-            100.0 * gbps / r.memory_bound_gbps,
-            r.memory_bound_gbps
+            ", decode reads {:.1} MB/token: {gbps:.1} GB/s",
+            r.weight_bytes_per_token as f64 / 1e6
         );
+        if let Some(bound) = r.memory_read_gbps {
+            let _ = write!(
+                s,
+                " ({:.0}% of the {bound:.1} GB/s this machine reads with {} threads)",
+                100.0 * gbps / bound,
+                r.threads
+            );
+        }
     }
     let _ = writeln!(s, "; {} repetitions", r.reps);
     s
@@ -148,7 +154,7 @@ mod tests {
             file_bytes: 100 * 1024 * 1024,
             weight_bytes_per_token: 98_000_000,
             decode_gbps: Some(19.6),
-            memory_bound_gbps: 75.0,
+            memory_read_gbps: Some(24.5),
         };
         let t = engine(&e);
         for want in [
@@ -159,7 +165,7 @@ mod tests {
             "tg128 x8",
             "640.00 ± 4.00",
             "100.00 MiB",
-            "19.6 GB/s (26%",
+            "19.6 GB/s (80% of the 24.5 GB/s this machine reads with 2 threads)",
             "peak RSS 150.0 MiB",
         ] {
             assert!(t.contains(want), "{want:?} missing from\n{t}");
