@@ -287,15 +287,19 @@ impl Part<'_> {
     /// Hints this KV head's keys and values over the span into cache, so that the reads of
     /// the scores and of the value rows overlap instead of each waiting on memory.
     fn prefetch(&self) {
-        let (hd, stride) = (self.hd, self.pool.kv_dim());
+        let (hd, stride) = (self.hd, self.pool.value_stride());
         self.runs(|b, p0, m| {
             let kt = self.pool.keys_t(self.seq, self.il, b);
             kernels::prefetch_l2(&kt[self.kvo * BLOCK..(self.kvo + hd) * BLOCK]);
-            let v = &self.pool.values_from(self.seq, self.il, b * BLOCK + p0)[self.kvo..];
-            for p in 0..m {
-                kernels::prefetch_l2(&v[p * stride..p * stride + hd]);
-            }
+            let v = self.values_from(b * BLOCK + p0);
+            kernels::prefetch_l2(&v[..(m - 1) * stride + hd]);
         });
+    }
+
+    /// This KV head's value rows from `pos` to the end of its block.
+    fn values_from(&self, pos: usize) -> &[f16] {
+        self.pool
+            .values_from(self.seq, self.il, self.kvo / self.hd, pos)
     }
 
     /// Scores of the group's heads `q` for the whole span into `w` (`[head][position]`).
@@ -352,7 +356,7 @@ impl Part<'_> {
     fn attend_row(&self, q: &[f32], o: &mut [f32], stats: &mut [f32], scratch: &mut Scratch) {
         let (hd, n, lo) = (self.hd, self.span.len(), self.span.start);
         let g = q.len() / hd;
-        let stride = self.pool.kv_dim();
+        let stride = self.pool.value_stride();
         let Scratch {
             w,
             tmp,
@@ -390,7 +394,7 @@ impl Part<'_> {
         y.resize(g * hd, f16::ZERO);
         s.fill(0.0);
         self.runs(|b, p0, cnt| {
-            let rows = &self.pool.values_from(self.seq, self.il, b * BLOCK + p0)[self.kvo..];
+            let rows = self.values_from(b * BLOCK + p0);
             let at = b * BLOCK + p0 - lo;
             for h in 0..g {
                 let (wh, rh) = (&w[h * n + at..][..cnt], &raise[h * n + at..][..cnt]);
@@ -419,7 +423,7 @@ impl Part<'_> {
     fn attend_tiled(&self, q: &[f32], o: &mut [f32], stats: &mut [f32], scratch: &mut Scratch) {
         let (hd, n, lo, end) = (self.hd, self.span.len(), self.span.start, self.span.end);
         let g = q.len() / hd;
-        let stride = self.pool.kv_dim();
+        let stride = self.pool.value_stride();
         let Scratch { w, tmp, e, .. } = scratch;
         w.resize(g * n, 0.0);
         self.scores(q, w, tmp);
@@ -458,7 +462,7 @@ impl Part<'_> {
                 for h in 0..g {
                     wt.extend_from_slice(&e[h * TILE + first - t0..h * TILE + first - t0 + cnt]);
                 }
-                let rows = &self.pool.values_from(self.seq, self.il, first)[self.kvo..];
+                let rows = self.values_from(first);
                 h::accumulate(rows, stride, cnt, wt, hd, o);
             });
             t0 += TILE;

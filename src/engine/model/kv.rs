@@ -8,6 +8,9 @@
 //!
 //! Keys and values are stored as IEEE half floats, as llama.cpp's default `f16` cache does: half
 //! the memory and memory traffic of `f32`, and the same rounding as the reference engine.
+//! Within a block, keys are transposed (`[kv_dim][BLOCK]`) and values are grouped by KV head
+//! (`[head][BLOCK][head_dim]`), so that attention over one KV head reads contiguous memory for
+//! both, which the hardware prefetchers follow.
 //!
 //! A backend that keeps keys and values elsewhere (the candle backend, on a GPU) uses the pool
 //! for block bookkeeping only, and stores its own per-block data beside it
@@ -40,6 +43,8 @@ fn to_halves(x: &[f32], out: &mut [f16]) {
 pub struct KvPool {
     n_layer: usize,
     kv_dim: usize,
+    /// Width of one KV head's value rows; `kv_dim` is a multiple of it.
+    head_dim: usize,
     max_blocks: usize,
     blocks: Vec<Box<[f16]>>,
     refs: Vec<u32>,
@@ -73,11 +78,13 @@ impl SeqKv {
 
 impl KvPool {
     /// A pool for a model with `n_layer` layers of `kv_dim`-wide keys and values, holding at most
-    /// `max_tokens` positions over all sequences.
+    /// `max_tokens` positions over all sequences; one KV head unless [`Self::with_head_dim`]
+    /// says otherwise.
     pub fn new(n_layer: usize, kv_dim: usize, max_tokens: usize) -> Self {
         Self {
             n_layer,
             kv_dim,
+            head_dim: kv_dim.max(1),
             max_blocks: max_tokens.div_ceil(BLOCK).max(1),
             blocks: Vec::new(),
             refs: Vec::new(),
@@ -92,9 +99,31 @@ impl KvPool {
         &mut self.backend
     }
 
+    /// The same pool with value rows grouped by KV heads of `head_dim` (which must divide
+    /// `kv_dim`).
+    pub fn with_head_dim(mut self, head_dim: usize) -> Self {
+        assert!(
+            head_dim > 0 && self.kv_dim.is_multiple_of(head_dim),
+            "KvPool: head size {head_dim} does not divide {}",
+            self.kv_dim
+        );
+        assert!(
+            self.blocks.is_empty(),
+            "KvPool::with_head_dim on a used pool"
+        );
+        self.head_dim = head_dim;
+        self
+    }
+
     /// Width of one cached key (or value) row: every KV head of one position.
     pub fn kv_dim(&self) -> usize {
         self.kv_dim
+    }
+
+    /// Halves from one position's value row of a KV head to the next position's
+    /// ([`Self::values_from`]).
+    pub fn value_stride(&self) -> usize {
+        self.head_dim
     }
 
     /// Total capacity in positions.
@@ -204,17 +233,18 @@ impl KvPool {
 
     /// Writes the key and value of one position of one layer (rounded to the nearest half).
     /// Keys are stored transposed within the block (`[kv_dim][BLOCK]`), so that attention
-    /// reads one dimension of 16 positions as one vector; values row by row (`[BLOCK][kv_dim]`).
+    /// reads one dimension of 16 positions as one vector; values by KV head
+    /// (`[head][BLOCK][head_dim]`).
     pub fn write(&mut self, seq: &SeqKv, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         let id = seq.blocks[pos / BLOCK] as usize;
-        let (kb, vo) = (
-            self.base(layer, 0),
-            self.base(layer, 1) + pos % BLOCK * self.kv_dim,
-        );
+        let (kb, vb, hd) = (self.base(layer, 0), self.base(layer, 1), self.head_dim);
         let d = self.kv_dim;
         assert!(k.len() == d && v.len() == d, "KvPool::write: row lengths");
         let block = &mut self.blocks[id];
-        to_halves(v, &mut block[vo..vo + d]);
+        for (h, v) in v.chunks_exact(hd).enumerate() {
+            let at = vb + (h * BLOCK + pos % BLOCK) * hd;
+            to_halves(v, &mut block[at..at + hd]);
+        }
         let mut kh = [f16::ZERO; 256];
         for (c0, k) in k.chunks(kh.len()).enumerate() {
             let kh = &mut kh[..k.len()];
@@ -241,19 +271,23 @@ impl KvPool {
         &self.blocks[seq.blocks[b] as usize][o..o + BLOCK * self.kv_dim]
     }
 
-    /// Value rows of layer `layer` from position `pos` to the end of its block, `kv_dim` halves
-    /// apart.
+    /// KV head `kvh`'s value rows of layer `layer` from position `pos` to the end of its block,
+    /// [`Self::value_stride`] halves apart (contiguous).
     #[inline]
-    pub fn values_from(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f16] {
-        let o = self.base(layer, 1);
-        &self.blocks[seq.blocks[pos / BLOCK] as usize]
-            [o + pos % BLOCK * self.kv_dim..o + BLOCK * self.kv_dim]
+    pub fn values_from(&self, seq: &SeqKv, layer: usize, kvh: usize, pos: usize) -> &[f16] {
+        let (o, hd) = (
+            self.base(layer, 1) + kvh * BLOCK * self.head_dim,
+            self.head_dim,
+        );
+        &self.blocks[seq.blocks[pos / BLOCK] as usize][o + pos % BLOCK * hd..o + BLOCK * hd]
     }
 
-    /// The value row (all KV heads) of one position.
+    /// The value row (all KV heads) of one position, gathered from the heads' rows.
     #[cfg(test)]
-    pub fn value(&self, seq: &SeqKv, layer: usize, pos: usize) -> &[f16] {
-        &self.values_from(seq, layer, pos)[..self.kv_dim]
+    pub fn value(&self, seq: &SeqKv, layer: usize, pos: usize) -> Vec<f16> {
+        (0..self.kv_dim / self.head_dim)
+            .flat_map(|h| self.values_from(seq, layer, h, pos)[..self.head_dim].to_vec())
+            .collect()
     }
 }
 
@@ -279,7 +313,7 @@ mod tests {
         let h = |x: f32| [f16::from_f32(x); 4];
         assert_eq!(pool.key(&a, 1, 36), h(36.0));
         assert_eq!(pool.key(&b, 1, 36), h(-1.0));
-        assert_eq!(pool.value(&b, 1, 3), &h(3.0));
+        assert_eq!(pool.value(&b, 1, 3), h(3.0));
         pool.release(&mut a);
         pool.release(&mut b);
         assert_eq!(pool.free_tokens(), pool.capacity_tokens());
@@ -292,7 +326,28 @@ mod tests {
         pool.prepare(&mut a, 0, 1).unwrap();
         pool.write(&a, 0, 0, &[1e6, -1e6], &[7e4, -f32::INFINITY]);
         assert_eq!(pool.key(&a, 0, 0), [f16::MAX, f16::MIN]);
-        assert_eq!(pool.value(&a, 0, 0), &[f16::MAX, f16::MIN]);
+        assert_eq!(pool.value(&a, 0, 0), [f16::MAX, f16::MIN]);
+    }
+
+    #[test]
+    fn value_rows_are_grouped_by_kv_head() {
+        let mut pool = KvPool::new(1, 4, 64).with_head_dim(2);
+        let mut a = SeqKv::default();
+        pool.prepare(&mut a, 0, 3).unwrap();
+        for p in 0..3 {
+            let x = [p as f32, 10.0 + p as f32, 20.0 + p as f32, 30.0 + p as f32];
+            pool.write(&a, 0, p, &x, &x);
+        }
+        pool.commit(&mut a, 3);
+        let h = |x: &[f32]| x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>();
+        // Head 1's rows from position 1: contiguous, two halves apart.
+        assert_eq!(pool.value_stride(), 2);
+        assert_eq!(
+            &pool.values_from(&a, 0, 1, 1)[..4],
+            h(&[21.0, 31.0, 22.0, 32.0]).as_slice()
+        );
+        assert_eq!(pool.value(&a, 0, 2), h(&[2.0, 12.0, 22.0, 32.0]));
+        assert_eq!(pool.key(&a, 0, 1), h(&[1.0, 11.0, 21.0, 31.0]));
     }
 
     #[test]

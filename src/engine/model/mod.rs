@@ -123,7 +123,7 @@ pub trait Model: Send + Sync {
     /// A KV pool sized for `max_tokens` positions over all sequences.
     fn new_pool(&self, max_tokens: usize) -> KvPool {
         let c = self.config();
-        KvPool::new(c.n_layer, c.kv_dim(), max_tokens)
+        KvPool::new(c.n_layer, c.kv_dim(), max_tokens).with_head_dim(c.head_dim)
     }
 
     /// Runs the batch, appending its keys and values to the sequences' caches, and returns the
