@@ -7,6 +7,9 @@
 //! The report turns decode speed into GB/s and compares it with the machine's read bandwidth,
 //! measured after the runs with the same threads ([`super::bandwidth`]).
 //!
+//! With `depth` above 0 every test runs after that many tokens already in its sequence's cache
+//! (llama-bench's `-d`), so that attention over a long context is part of what is measured.
+//!
 //! With `parallel` above 1 it also decodes that many sequences together, one token each per
 //! forward pass (what a server's continuous batching does with as many streams), and reports
 //! their aggregate tokens per second (`tg128 x8`), like llama.cpp's `llama-batched-bench`.
@@ -25,7 +28,8 @@ use crate::engine::kernels;
 use crate::engine::loaded::LoadedModel;
 use crate::engine::model::{Batch, KvPool, Model, SeqKv};
 
-/// Tokens prefilled (untimed) before a decode run, so that decoding attends to a short context.
+/// Tokens prefilled (untimed) before a decode run at depth 0, so that decoding attends to a
+/// short context.
 pub const DECODE_PROMPT: usize = 8;
 
 /// What to measure.
@@ -41,6 +45,8 @@ pub struct EngineConfig {
     pub threads: Option<usize>,
     /// Sequences decoded together in the batched test (`--parallel`; 1 skips it).
     pub parallel: usize,
+    /// Tokens already in each sequence's cache (prefilled untimed) when a test starts (`-d`).
+    pub depth: usize,
     /// Seed of the random token ids.
     pub seed: u64,
 }
@@ -53,6 +59,7 @@ impl Default for EngineConfig {
             reps: 5,
             threads: None,
             parallel: 1,
+            depth: 0,
             seed: 42,
         }
     }
@@ -81,6 +88,8 @@ pub struct EngineReport {
     pub tg_tps_stdev: Option<f64>,
     /// Sequences of the batched decode test (1: not run).
     pub parallel: usize,
+    /// Tokens in the cache before each test.
+    pub depth: usize,
     /// Mean aggregate decode tokens per second of `parallel` sequences decoded together.
     pub tg_parallel_tps: Option<f64>,
     /// Its sample standard deviation.
@@ -118,7 +127,9 @@ pub fn run(path: &Path, name: &str, cfg: &EngineConfig) -> Result<EngineReport, 
     if cfg.parallel == 0 {
         return Err(BenchError::Config("--parallel must be at least 1".into()));
     }
-    let needed = cfg.prompt_tokens.max(DECODE_PROMPT + cfg.gen_tokens);
+    // The decode tests start after `context` cached tokens; the prefill test after `depth`.
+    let context = cfg.depth.max(DECODE_PROMPT);
+    let needed = (cfg.depth + cfg.prompt_tokens).max(context + cfg.gen_tokens);
     if needed > c.context_length {
         return Err(BenchError::Config(format!(
             "{needed} positions do not fit the model's context of {}",
@@ -129,17 +140,17 @@ pub fn run(path: &Path, name: &str, cfg: &EngineConfig) -> Result<EngineReport, 
     let vocab = c.vocab as u32;
     let mut random = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.gen_range(0..vocab)).collect() };
     let prompt = random(cfg.prompt_tokens);
-    let decode_prompt = random(DECODE_PROMPT);
+    let decode_prompt = random(context);
+    let depth_prompt = &decode_prompt[..cfg.depth];
     let decode_tokens = random(cfg.gen_tokens);
     // Each sequence of the batched test takes whole cache blocks.
-    let per_seq =
-        (DECODE_PROMPT + cfg.gen_tokens).next_multiple_of(crate::engine::model::kv::BLOCK);
+    let per_seq = (context + cfg.gen_tokens).next_multiple_of(crate::engine::model::kv::BLOCK);
     let mut pool = model.new_pool(needed.max(cfg.parallel * per_seq));
     let batched = cfg.parallel > 1 && cfg.gen_tokens > 0;
 
     // One untimed warm-up of each phase: page in the weights, spin up the thread pool.
     if cfg.prompt_tokens > 0 {
-        prefill(model, &mut pool, &prompt)?;
+        prefill(model, &mut pool, depth_prompt, &prompt)?;
     }
     if cfg.gen_tokens > 0 {
         decode(model, &mut pool, &decode_prompt, &decode_tokens[..1])?;
@@ -158,7 +169,7 @@ pub fn run(path: &Path, name: &str, cfg: &EngineConfig) -> Result<EngineReport, 
     let mut tgp = Vec::new();
     for _ in 0..cfg.reps {
         if cfg.prompt_tokens > 0 {
-            pp.push(cfg.prompt_tokens as f64 / prefill(model, &mut pool, &prompt)?);
+            pp.push(cfg.prompt_tokens as f64 / prefill(model, &mut pool, depth_prompt, &prompt)?);
         }
         if cfg.gen_tokens > 0 {
             let secs = decode(model, &mut pool, &decode_prompt, &decode_tokens)?;
@@ -192,6 +203,7 @@ pub fn run(path: &Path, name: &str, cfg: &EngineConfig) -> Result<EngineReport, 
         tg_tps: tg_rate.map(|r| r.0),
         tg_tps_stdev: tg_rate.map(|r| r.1),
         parallel: cfg.parallel,
+        depth: cfg.depth,
         tg_parallel_tps: tgp_rate.map(|r| r.0),
         tg_parallel_tps_stdev: tgp_rate.map(|r| r.1),
         load_s: loaded.load_seconds,
@@ -203,16 +215,26 @@ pub fn run(path: &Path, name: &str, cfg: &EngineConfig) -> Result<EngineReport, 
     })
 }
 
-/// Seconds for one forward pass over `tokens` into a fresh sequence.
-fn prefill(model: &dyn Model, pool: &mut KvPool, tokens: &[u32]) -> Result<f64, BenchError> {
+/// Prefills `context` into a fresh sequence (untimed), then seconds for one forward pass over
+/// `tokens` after it.
+fn prefill(
+    model: &dyn Model,
+    pool: &mut KvPool,
+    context: &[u32],
+    tokens: &[u32],
+) -> Result<f64, BenchError> {
     let mut seqs = [SeqKv::default()];
-    let batch = Batch::single(tokens, 0);
-    let start = Instant::now();
-    let logits = model.forward(&batch, pool, &mut seqs);
-    let secs = start.elapsed().as_secs_f64();
+    let result = (|| {
+        if !context.is_empty() {
+            model.forward(&Batch::single(context, 0), pool, &mut seqs)?;
+        }
+        let batch = Batch::single(tokens, context.len());
+        let start = Instant::now();
+        model.forward(&batch, pool, &mut seqs)?;
+        Ok(start.elapsed().as_secs_f64())
+    })();
     pool.release(&mut seqs[0]);
-    logits?;
-    Ok(secs)
+    result
 }
 
 /// Prefills `prompt` (untimed), then seconds for one forward pass per token of `tokens`.

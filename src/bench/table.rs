@@ -13,33 +13,45 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub fn engine(r: &EngineReport) -> String {
     let mut s = String::new();
     let width = r.model.len().max(5);
+    let par = format!(" x{}", r.parallel);
+    let depth = match r.depth {
+        0 => String::new(),
+        d => format!(" @ d{d}"),
+    };
+    let rows: Vec<(String, f64, Option<f64>)> = [
+        ("pp", r.pp, "", r.pp_tps, r.pp_tps_stdev),
+        ("tg", r.tg, "", r.tg_tps, r.tg_tps_stdev),
+        ("tg", r.tg, &par, r.tg_parallel_tps, r.tg_parallel_tps_stdev),
+    ]
+    .into_iter()
+    .filter_map(|(test, n, suffix, mean, sd)| {
+        Some((format!("{test}{n}{suffix}{depth}"), mean?, sd))
+    })
+    .collect();
+    let tw = rows.iter().map(|(t, ..)| t.len()).max().unwrap_or(0).max(9);
     let _ = writeln!(
         s,
-        "| {:<width$} | {:>10} | {:>7} | {:>9} | {:>18} |",
+        "| {:<width$} | {:>10} | {:>7} | {:>tw$} | {:>18} |",
         "model", "size", "threads", "test", "t/s"
     );
     let _ = writeln!(
         s,
-        "| {:-<width$} | {:->9}: | {:->6}: | {:->8}: | {:->17}: |",
-        "", "", "", "", ""
+        "| {:-<width$} | {:->9}: | {:->6}: | {:->w$}: | {:->17}: |",
+        "",
+        "",
+        "",
+        "",
+        "",
+        w = tw - 1
     );
-    let par = format!(" x{}", r.parallel);
-    let rows = [
-        ("pp", r.pp, "", r.pp_tps, r.pp_tps_stdev),
-        ("tg", r.tg, "", r.tg_tps, r.tg_tps_stdev),
-        ("tg", r.tg, &par, r.tg_parallel_tps, r.tg_parallel_tps_stdev),
-    ];
-    for (test, n, suffix, mean, sd) in rows {
-        if let Some(mean) = mean {
-            let size = format!("{:.2} MiB", r.file_bytes as f64 / MIB);
-            let tps = format!("{mean:.2} ± {:.2}", sd.unwrap_or(0.0));
-            let test = format!("{test}{n}{suffix}");
-            let _ = writeln!(
-                s,
-                "| {:<width$} | {size:>10} | {:>7} | {test:>9} | {tps:>18} |",
-                r.model, r.threads
-            );
-        }
+    let size = format!("{:.2} MiB", r.file_bytes as f64 / MIB);
+    for (test, mean, sd) in rows {
+        let tps = format!("{mean:.2} ± {:.2}", sd.unwrap_or(0.0));
+        let _ = writeln!(
+            s,
+            "| {:<width$} | {size:>10} | {:>7} | {test:>tw$} | {tps:>18} |",
+            r.model, r.threads
+        );
     }
     let _ = write!(s, "\nload {:.2} s", r.load_s);
     if let Some(rss) = r.peak_rss_bytes {
@@ -147,6 +159,7 @@ mod tests {
             tg_tps: Some(200.0),
             tg_tps_stdev: Some(1.0),
             parallel: 8,
+            depth: 0,
             tg_parallel_tps: Some(640.0),
             tg_parallel_tps_stdev: Some(4.0),
             load_s: 0.05,

@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// their aggregate tokens per second.
     #[arg(long, default_value_t = 1, help_heading = "--engine")]
     pub parallel: usize,
+    /// Tokens already in the cache (prefilled untimed) when each test starts, like
+    /// llama-bench's -d: measures prefill and decode at that context depth.
+    #[arg(short = 'd', long, default_value_t = 0, help_heading = "--engine")]
+    pub depth: usize,
 
     /// Bearer token for the server.
     #[arg(long, help_heading = "--url")]
@@ -93,6 +97,7 @@ fn run_engine(a: BenchArgs) -> anyhow::Result<()> {
         gen_tokens: a.n_gen,
         reps: a.repetitions,
         parallel: a.parallel,
+        depth: a.depth,
         ..EngineConfig::default()
     };
     let report = engine::run(&path, &name, &cfg)
