@@ -379,6 +379,24 @@ mod tests {
         ] {
             assert!(!json[key].is_null(), "{key} missing from {json}");
         }
+        // At a depth every test runs after that many cached tokens; past the context it fails.
+        let deep = EngineConfig {
+            depth: 40,
+            ..cfg.clone()
+        };
+        let r = run(&path, "smollm2-135m-instruct", &deep).expect("bench at depth");
+        assert_eq!(r.depth, 40);
+        for rate in [r.pp_tps, r.tg_tps, r.tg_parallel_tps] {
+            assert!(rate.is_some_and(|t| t.is_finite() && t > 0.0), "{r:?}");
+        }
+        let too_deep = EngineConfig {
+            depth: 1 << 20,
+            ..cfg.clone()
+        };
+        assert!(matches!(
+            run(&path, "x", &too_deep),
+            Err(BenchError::Config(_))
+        ));
         let none = EngineConfig { reps: 0, ..cfg };
         assert!(matches!(run(&path, "x", &none), Err(BenchError::Config(_))));
     }

@@ -183,6 +183,13 @@ mod tests {
         ] {
             assert!(t.contains(want), "{want:?} missing from\n{t}");
         }
+        let deep = engine(&EngineReport {
+            depth: 2048,
+            ..e.clone()
+        });
+        for want in ["pp512 @ d2048", "tg128 x8 @ d2048"] {
+            assert!(deep.contains(want), "{want:?} missing from\n{deep}");
+        }
         let summary = Summary::of(&[100.0, 200.0]);
         let level = LevelReport {
             concurrency: 4,
