@@ -258,6 +258,8 @@ mod tests {
         // The SIMD paths must give the very bits of the portable ones (llama.cpp's order).
         for (hd, g, n) in [
             (64, 3, 32),
+            (64, 7, 21),
+            (64, 4, 16),
             (64, 1, 7),
             (128, 2, 19),
             (256, 1, 16),

@@ -211,30 +211,119 @@ pub unsafe fn scores_tree(
     for p0 in (0..n).step_by(16) {
         let lanes = (n - p0).min(16);
         let m = ((1u32 << lanes) - 1) as u16;
-        for h in 0..g {
-            let q = &q[h * hd..(h + 1) * hd];
-            let mut c = [_mm512_setzero_ps(); 16];
-            for (l, c) in c.iter_mut().enumerate() {
-                let mut s = [_mm512_setzero_ps(); 4];
-                for st in (0..hd).step_by(64) {
-                    for (j, s) in s.iter_mut().enumerate() {
-                        let i = st + 16 * j + l;
-                        // SAFETY: `i * stride + p0 + lanes <= kt.len()` (checked by the caller).
-                        let k = unsafe { load16(kt.as_ptr().add(i * stride + p0), lanes) };
-                        *s = _mm512_fmadd_ps(k, _mm512_set1_ps(q[i]), *s);
+        let mut h0 = 0;
+        while h0 < g {
+            let left = (g - h0).min(3);
+            let q = &q[h0 * hd..(h0 + left) * hd];
+            macro_rules! heads {
+                ($g:literal) => {{
+                    // SAFETY: `hd` rows of `lanes` halves from `p0` in `kt` (the caller's
+                    // lengths), `$g` heads in `q`.
+                    let r = unsafe { tree_heads::<$g>(kt, stride, p0, lanes, q, hd) };
+                    for (h, r) in r.into_iter().enumerate() {
+                        // SAFETY: `lanes` floats from `(h0 + h) * n + p0` lie inside `out`.
+                        unsafe {
+                            _mm512_mask_storeu_ps(
+                                out.as_mut_ptr().add((h0 + h) * n + p0),
+                                m,
+                                _mm512_mul_ps(r, vs),
+                            )
+                        };
                     }
-                }
-                *c = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]));
+                }};
             }
-            let t: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(c[i + 8], c[i]));
-            let u: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(t[i + 4], t[i]));
-            let r = _mm512_add_ps(_mm512_add_ps(u[0], u[2]), _mm512_add_ps(u[1], u[3]));
-            // SAFETY: `lanes` floats from `h * n + p0` lie inside `out`.
-            unsafe {
-                _mm512_mask_storeu_ps(out.as_mut_ptr().add(h * n + p0), m, _mm512_mul_ps(r, vs))
-            };
+            match left {
+                1 => heads!(1),
+                2 => heads!(2),
+                _ => heads!(3),
+            }
+            h0 += left;
         }
     }
+}
+
+/// The unscaled scores of `G` heads (`q`, one after another) for 16 positions from `p0`, in
+/// `ggml_vec_dot_f16`'s order: per lane `l`, four accumulators over the 64-wide steps folded
+/// pairwise (`c[l]`), then the lanes folded as [`reduce16`](super::super::f16ops::reduce16)
+/// does (`t[i] = c[i + 8] + c[i]`, `u[i] = t[i + 4] + t[i]`, `(u0 + u2) + (u1 + u3)`). Each key
+/// vector is loaded and converted once for all `G` heads, and the lanes are visited in the
+/// order that lets the fold proceed as they come, so that few of them are live at once.
+///
+/// # Safety
+/// AVX-512 F/BW/VL; `hd` (a multiple of 64) rows of `lanes` halves from `p0`, `stride` apart,
+/// in `kt`; `G * hd` floats in `q`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn tree_heads<const G: usize>(
+    kt: &[f16],
+    stride: usize,
+    p0: usize,
+    lanes: usize,
+    q: &[f32],
+    hd: usize,
+) -> [__m512; G] {
+    let mut a = [_mm512_setzero_ps(); G];
+    let mut r = [_mm512_setzero_ps(); G];
+    for (k, i) in [0, 2, 1, 3].into_iter().enumerate() {
+        // SAFETY: the caller's lengths, lanes `i`, `i + 4`, `i + 8`, `i + 12` below 16.
+        let (ci, ci8, ci4, ci12) = unsafe {
+            (
+                lane_sums::<G>(kt, stride, p0, lanes, q, hd, i),
+                lane_sums::<G>(kt, stride, p0, lanes, q, hd, i + 8),
+                lane_sums::<G>(kt, stride, p0, lanes, q, hd, i + 4),
+                lane_sums::<G>(kt, stride, p0, lanes, q, hd, i + 12),
+            )
+        };
+        for h in 0..G {
+            let u = _mm512_add_ps(_mm512_add_ps(ci12[h], ci4[h]), _mm512_add_ps(ci8[h], ci[h]));
+            match k {
+                0 => a[h] = u,
+                1 => a[h] = _mm512_add_ps(a[h], u),
+                2 => r[h] = u,
+                _ => r[h] = _mm512_add_ps(a[h], _mm512_add_ps(r[h], u)),
+            }
+        }
+    }
+    r
+}
+
+/// `c[l]` of [`tree_heads`] for each of the `G` heads.
+///
+/// # Safety
+/// As [`tree_heads`], with `l < 16`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn lane_sums<const G: usize>(
+    kt: &[f16],
+    stride: usize,
+    p0: usize,
+    lanes: usize,
+    q: &[f32],
+    hd: usize,
+    l: usize,
+) -> [__m512; G] {
+    let mut s = [[_mm512_setzero_ps(); 4]; G];
+    for st in (0..hd).step_by(64) {
+        for j in 0..4 {
+            let i = st + 16 * j + l;
+            // SAFETY: row `i < hd` of `kt`, and `q[h * hd + i]` (the caller's lengths).
+            unsafe {
+                let k = load16(kt.as_ptr().add(i * stride + p0), lanes);
+                for (h, s) in s.iter_mut().enumerate() {
+                    let qi = _mm512_set1_ps(*q.get_unchecked(h * hd + i));
+                    s[j] = _mm512_fmadd_ps(k, qi, s[j]);
+                }
+            }
+        }
+    }
+    let mut c = [_mm512_setzero_ps(); G];
+    for h in 0..G {
+        c[h] = _mm512_add_ps(
+            _mm512_add_ps(s[h][0], s[h][2]),
+            _mm512_add_ps(s[h][1], s[h][3]),
+        );
+    }
+    c
 }
 
 /// `f32` rounded to `f16` and back, as storing and reloading an `f16` accumulator rounds it.
