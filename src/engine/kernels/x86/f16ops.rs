@@ -219,7 +219,14 @@ pub unsafe fn scores_tree(
                 ($g:literal) => {{
                     // SAFETY: `hd` rows of `lanes` halves from `p0` in `kt` (the caller's
                     // lengths), `$g` heads in `q`.
-                    let r = unsafe { tree_heads::<$g>(kt, stride, p0, lanes, q, hd) };
+                    let keys = Keys {
+                        kt,
+                        stride,
+                        p0,
+                        lanes,
+                        hd,
+                    };
+                    let r = unsafe { tree_heads::<$g>(keys, q) };
                     for (h, r) in r.into_iter().enumerate() {
                         // SAFETY: `lanes` floats from `(h0 + h) * n + p0` lie inside `out`.
                         unsafe {
@@ -242,6 +249,17 @@ pub unsafe fn scores_tree(
     }
 }
 
+/// 16 positions of one KV head's transposed keys: `hd` rows of `lanes` valid halves from `p0`,
+/// `stride` apart.
+#[derive(Clone, Copy)]
+struct Keys<'a> {
+    kt: &'a [f16],
+    stride: usize,
+    p0: usize,
+    lanes: usize,
+    hd: usize,
+}
+
 /// The unscaled scores of `G` heads (`q`, one after another) for 16 positions from `p0`, in
 /// `ggml_vec_dot_f16`'s order: per lane `l`, four accumulators over the 64-wide steps folded
 /// pairwise (`c[l]`), then the lanes folded as [`reduce16`](super::super::f16ops::reduce16)
@@ -250,28 +268,20 @@ pub unsafe fn scores_tree(
 /// order that lets the fold proceed as they come, so that few of them are live at once.
 ///
 /// # Safety
-/// AVX-512 F/BW/VL; `hd` (a multiple of 64) rows of `lanes` halves from `p0`, `stride` apart,
-/// in `kt`; `G * hd` floats in `q`.
+/// AVX-512 F/BW/VL; `keys` inside `kt`, `hd` a multiple of 64; `G * hd` floats in `q`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn tree_heads<const G: usize>(
-    kt: &[f16],
-    stride: usize,
-    p0: usize,
-    lanes: usize,
-    q: &[f32],
-    hd: usize,
-) -> [__m512; G] {
+unsafe fn tree_heads<const G: usize>(keys: Keys, q: &[f32]) -> [__m512; G] {
     let mut a = [_mm512_setzero_ps(); G];
     let mut r = [_mm512_setzero_ps(); G];
     for (k, i) in [0, 2, 1, 3].into_iter().enumerate() {
         // SAFETY: the caller's lengths, lanes `i`, `i + 4`, `i + 8`, `i + 12` below 16.
         let (ci, ci8, ci4, ci12) = unsafe {
             (
-                lane_sums::<G>(kt, stride, p0, lanes, q, hd, i),
-                lane_sums::<G>(kt, stride, p0, lanes, q, hd, i + 8),
-                lane_sums::<G>(kt, stride, p0, lanes, q, hd, i + 4),
-                lane_sums::<G>(kt, stride, p0, lanes, q, hd, i + 12),
+                lane_sums::<G>(keys, q, i),
+                lane_sums::<G>(keys, q, i + 8),
+                lane_sums::<G>(keys, q, i + 4),
+                lane_sums::<G>(keys, q, i + 12),
             )
         };
         for h in 0..G {
@@ -293,15 +303,14 @@ unsafe fn tree_heads<const G: usize>(
 /// As [`tree_heads`], with `l < 16`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn lane_sums<const G: usize>(
-    kt: &[f16],
-    stride: usize,
-    p0: usize,
-    lanes: usize,
-    q: &[f32],
-    hd: usize,
-    l: usize,
-) -> [__m512; G] {
+unsafe fn lane_sums<const G: usize>(keys: Keys, q: &[f32], l: usize) -> [__m512; G] {
+    let Keys {
+        kt,
+        stride,
+        p0,
+        lanes,
+        hd,
+    } = keys;
     let mut s = [[_mm512_setzero_ps(); 4]; G];
     for st in (0..hd).step_by(64) {
         for j in 0..4 {
