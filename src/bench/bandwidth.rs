@@ -2,6 +2,7 @@
 //! threads each streaming a contiguous share of a buffer several times larger than the last-level
 //! cache. `ward bench --engine` compares its decode GB/s with this figure, so that the share of the
 //! bound it reports holds for the machine it runs on (a constant would describe one machine only).
+//! The buffer never takes more than a quarter of the free memory.
 
 use std::time::Instant;
 
@@ -13,9 +14,9 @@ const MAX_BYTES: usize = 1 << 30;
 const PASSES: usize = 3;
 
 /// Read bandwidth in GB/s (10⁹ bytes) with `threads` threads, best of [`PASSES`] passes, or
-/// `None` if the buffer cannot be allocated.
+/// `None` if the machine has too little memory free to measure it.
 pub fn read_gbps(threads: usize) -> Option<f64> {
-    let bytes = buffer_bytes(last_level_cache_bytes());
+    let bytes = buffer_bytes(last_level_cache_bytes(), available_bytes())?;
     let mut buf: Vec<u64> = Vec::new();
     buf.try_reserve_exact(bytes / 8).ok()?;
     // Written, not just allocated, so every page is resident before the timed reads.
@@ -41,10 +42,29 @@ pub fn read_gbps(threads: usize) -> Option<f64> {
     Some(best)
 }
 
-/// Four times the last-level cache, within [`MIN_BYTES`]..=[`MAX_BYTES`].
-fn buffer_bytes(llc: Option<usize>) -> usize {
-    llc.map_or(MIN_BYTES, |c| c.saturating_mul(4))
-        .clamp(MIN_BYTES, MAX_BYTES)
+/// Four times the last-level cache, within [`MIN_BYTES`]..=[`MAX_BYTES`], and at most a
+/// quarter of the memory available (`None` when that is under [`MIN_BYTES`]: a benchmark must
+/// not push a serving machine into swap or the OOM killer).
+fn buffer_bytes(llc: Option<usize>, available: Option<usize>) -> Option<usize> {
+    let want = llc
+        .map_or(MIN_BYTES, |c| c.saturating_mul(4))
+        .clamp(MIN_BYTES, MAX_BYTES);
+    match available {
+        Some(a) if a / 4 < MIN_BYTES => None,
+        Some(a) => Some(want.min(a / 4)),
+        None => Some(want),
+    }
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes.
+fn available_bytes() -> Option<usize> {
+    parse_mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<usize> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// The largest cache Linux reports for CPU 0 (`/sys/devices/system/cpu/cpu0/cache`).
@@ -105,10 +125,24 @@ mod tests {
 
     #[test]
     fn the_buffer_outgrows_the_cache_within_bounds() {
-        assert_eq!(buffer_bytes(None), MIN_BYTES);
-        assert_eq!(buffer_bytes(Some(32 << 20)), MIN_BYTES);
-        assert_eq!(buffer_bytes(Some(128 << 20)), 512 << 20);
-        assert_eq!(buffer_bytes(Some(260 << 20)), MAX_BYTES);
+        let plenty = Some(64 << 30);
+        assert_eq!(buffer_bytes(None, None), Some(MIN_BYTES));
+        assert_eq!(buffer_bytes(Some(32 << 20), plenty), Some(MIN_BYTES));
+        assert_eq!(buffer_bytes(Some(128 << 20), plenty), Some(512 << 20));
+        assert_eq!(buffer_bytes(Some(260 << 20), plenty), Some(MAX_BYTES));
+        // Never more than a quarter of the free memory, and nothing when that is too little.
+        assert_eq!(
+            buffer_bytes(Some(260 << 20), Some(2 << 30)),
+            Some(512 << 20)
+        );
+        assert_eq!(buffer_bytes(Some(32 << 20), Some(512 << 20)), None);
+    }
+
+    #[test]
+    fn available_memory_parses_from_meminfo() {
+        let m = "MemTotal:       24576000 kB\nMemFree:  100 kB\nMemAvailable:   20480000 kB\n";
+        assert_eq!(parse_mem_available(m), Some(20_480_000 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
     }
 
     #[test]
@@ -119,7 +153,11 @@ mod tests {
 
     #[test]
     fn a_measured_bandwidth_is_positive_and_finite() {
-        let g = read_gbps(2).expect("256 MiB buffer");
+        let Some(g) = read_gbps(2) else {
+            // Too little free memory to measure: nothing to check.
+            assert!(available_bytes().is_some_and(|a| a / 4 < MIN_BYTES));
+            return;
+        };
         assert!(g.is_finite() && g > 0.0, "{g}");
     }
 }
