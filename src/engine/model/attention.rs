@@ -101,7 +101,7 @@ pub fn attend(
             pool,
             seq: &seqs[batch.seq[it.t]],
             il,
-            kvo: it.kvh * hd,
+            kvh: it.kvh,
             hd,
             span,
             scale: cfg.attn_scale,
@@ -261,8 +261,8 @@ struct Part<'a> {
     pool: &'a KvPool,
     seq: &'a SeqKv,
     il: usize,
-    /// Offset of the KV head in a cached row.
-    kvo: usize,
+    /// The KV head.
+    kvh: usize,
     hd: usize,
     span: std::ops::Range<usize>,
     scale: f32,
@@ -290,16 +290,20 @@ impl Part<'_> {
         let (hd, stride) = (self.hd, self.pool.value_stride());
         self.runs(|b, p0, m| {
             let kt = self.pool.keys_t(self.seq, self.il, b);
-            kernels::prefetch_l2(&kt[self.kvo * BLOCK..(self.kvo + hd) * BLOCK]);
+            kernels::prefetch_l2(&kt[self.kvo() * BLOCK..(self.kvo() + hd) * BLOCK]);
             let v = self.values_from(b * BLOCK + p0);
             kernels::prefetch_l2(&v[..(m - 1) * stride + hd]);
         });
     }
 
+    /// Offset of the KV head in a cached key row.
+    fn kvo(&self) -> usize {
+        self.kvh * self.hd
+    }
+
     /// This KV head's value rows from `pos` to the end of its block.
     fn values_from(&self, pos: usize) -> &[f16] {
-        self.pool
-            .values_from(self.seq, self.il, self.kvo / self.hd, pos)
+        self.pool.values_from(self.seq, self.il, self.kvh, pos)
     }
 
     /// Scores of the group's heads `q` for the whole span into `w` (`[head][position]`).
@@ -308,7 +312,7 @@ impl Part<'_> {
         tmp.resize(g * BLOCK, 0.0);
         self.runs(|b, p0, m| {
             // This KV head's transposed keys: `[hd][BLOCK]`, from position `p0` of the block.
-            let kt = &self.pool.keys_t(self.seq, self.il, b)[self.kvo * BLOCK + p0..];
+            let kt = &self.pool.keys_t(self.seq, self.il, b)[self.kvo() * BLOCK + p0..];
             let out = &mut tmp[..g * m];
             match self.kernel {
                 Kernel::Row => h::scores_tree(kt, BLOCK, m, q, self.hd, self.scale, out),

@@ -211,6 +211,13 @@ pub unsafe fn scores_tree(
     for p0 in (0..n).step_by(16) {
         let lanes = (n - p0).min(16);
         let m = ((1u32 << lanes) - 1) as u16;
+        let keys = Keys {
+            kt,
+            stride,
+            p0,
+            lanes,
+            hd,
+        };
         let mut h0 = 0;
         while h0 < g {
             let left = (g - h0).min(3);
@@ -219,13 +226,6 @@ pub unsafe fn scores_tree(
                 ($g:literal) => {{
                     // SAFETY: `hd` rows of `lanes` halves from `p0` in `kt` (the caller's
                     // lengths), `$g` heads in `q`.
-                    let keys = Keys {
-                        kt,
-                        stride,
-                        p0,
-                        lanes,
-                        hd,
-                    };
                     let r = unsafe { tree_heads::<$g>(keys, q) };
                     for (h, r) in r.into_iter().enumerate() {
                         // SAFETY: `lanes` floats from `(h0 + h) * n + p0` lie inside `out`.
