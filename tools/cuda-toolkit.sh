@@ -35,14 +35,14 @@ for lib in "$cuda"/lib/lib*.so.*; do
 done
 
 libpath="$cuda/lib"
-if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; then
+if ! ldconfig -p 2>/dev/null | grep 'libcuda\.so\.1 ' >/dev/null; then
   # Link-only stub: every driver entry point the bindings declare, each failing if ever called.
   mkdir -p "$prefix/stub"
-  cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-* 2>/dev/null | sort -V | tail -1)"
-  if [ -z "$cudarc" ]; then
-    (cd "$(dirname "$0")/.." && cargo fetch -q)
-    cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-* | sort -V | tail -1)"
-  fi
+  # The driver bindings of the cudarc version in Cargo.lock list the entry points.
+  repo="$(cd "$(dirname "$0")/.." && pwd)"
+  ver="$(awk '/^name = "cudarc"$/ { getline; gsub(/"/, "", $3); print $3 }' "$repo/Cargo.lock")"
+  (cd "$repo" && cargo fetch -q)
+  cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"cudarc-$ver" | head -1)"
   grep -ohE '\bfn cu[A-Za-z0-9_]+\(' "$cudarc/src/driver/sys/mod.rs" | sort -u |
     sed -E 's/fn (cu[A-Za-z0-9_]+)\(/int \1(void) { return 999; }/' >"$prefix/stub/libcuda.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$prefix/stub/libcuda.so" "$prefix/stub/libcuda.c"
