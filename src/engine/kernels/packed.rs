@@ -365,7 +365,7 @@ fn pack_tile(w: &QMatrix, lay: &Layout, t: usize, tile: &mut [u8]) {
 /// `gemm`: how many of the leading tokens take llama.cpp's multi-row order for `Q4_K` and
 /// `Q6_K` (whose kernels for batches sum in another order than its one-row kernels); other
 /// formats ignore it. `stream`: this is the tile's only call (a decode-sized batch), so the
-/// kernel streams the weights from memory and prefetches ahead of its first pass over them.
+/// kernel streams the weights from memory, fetching the next tile while it reads this one.
 pub type TileFn = unsafe fn(
     lay: &Layout,
     tile: &[u8],
