@@ -16,9 +16,10 @@ enum Ahead {
     None,
     /// A decode-sized batch streams the tile: its first pass fetches the next tile's column
     /// (this many bytes on) into L2 only, so that the tile any later passes re-read stays in
-    /// L1. Measured on Zen 4 against fetching 2048 bytes on into L1 (the earlier choice):
-    /// decode of Qwen2.5-0.5B 54 -> 65 t/s and of SmolLM2 241 -> 265 t/s, 8 batched Qwen
-    /// tokens 178 -> 217 t/s; two or four tiles on were no faster.
+    /// L1. Measured on Zen 4 against fetching 2048 bytes on into L1 (the earlier choice),
+    /// builds alternated 4 times: decode of Qwen2.5-0.5B 50 -> 62 t/s and of SmolLM2
+    /// 179 -> 224 t/s, 8 batched tokens 165 -> 204 and 530 -> 680; two or four tiles on were
+    /// no faster.
     NextTile(usize),
 }
 
