@@ -9,11 +9,13 @@
 //! api_keys = ["ward_xxx"]
 //! queue_capacity = 64
 //! max_running = 16
+//! max_batch_tokens = 512
 //! kv_tokens = 32768
 //! ```
 //!
 //! Environment: `WARD_HOST`, `WARD_PORT`, `WARD_MODELS` and `WARD_API_KEYS` (comma separated),
-//! `WARD_EMBEDDING_MODEL`, `WARD_QUEUE_CAPACITY`, `WARD_MAX_RUNNING`, `WARD_KV_TOKENS`.
+//! `WARD_EMBEDDING_MODEL`, `WARD_QUEUE_CAPACITY`, `WARD_MAX_RUNNING`, `WARD_MAX_BATCH_TOKENS`,
+//! `WARD_KV_TOKENS`.
 
 use std::path::Path;
 
@@ -37,6 +39,9 @@ pub struct Config {
     pub queue_capacity: usize,
     /// Sequences decoded together.
     pub max_running: usize,
+    /// Tokens per forward pass, decode tokens first, then prompt chunks: smaller keeps the
+    /// running streams' gaps short while new prompts are prefilled, larger starts them sooner.
+    pub max_batch_tokens: usize,
     /// KV cache positions per model.
     pub kv_tokens: usize,
 }
@@ -51,6 +56,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             queue_capacity: 64,
             max_running: 16,
+            max_batch_tokens: 512,
             kv_tokens: 32_768,
         }
     }
@@ -117,6 +123,7 @@ impl Config {
         }
         c.queue_capacity = num("WARD_QUEUE_CAPACITY")?.unwrap_or(c.queue_capacity);
         c.max_running = num("WARD_MAX_RUNNING")?.unwrap_or(c.max_running);
+        c.max_batch_tokens = num("WARD_MAX_BATCH_TOKENS")?.unwrap_or(c.max_batch_tokens);
         c.kv_tokens = num("WARD_KV_TOKENS")?.unwrap_or(c.kv_tokens);
         if let Some(h) = &flags.host {
             c.host = h.clone();
@@ -131,8 +138,8 @@ impl Config {
             c.api_keys = flags.api_keys.clone();
         }
         anyhow::ensure!(
-            c.queue_capacity > 0 && c.max_running > 0 && c.kv_tokens > 0,
-            "queue_capacity, max_running and kv_tokens must be positive"
+            c.queue_capacity > 0 && c.max_running > 0 && c.max_batch_tokens > 0 && c.kv_tokens > 0,
+            "queue_capacity, max_running, max_batch_tokens and kv_tokens must be positive"
         );
         Ok(c)
     }
@@ -185,5 +192,20 @@ mod tests {
         let f = dir.path().join("ward.toml");
         std::fs::write(&f, "prot = 1\n").unwrap();
         assert!(Config::load(Some(&f), |_| None, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn batch_token_budget_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ward.toml");
+        std::fs::write(&f, "max_batch_tokens = 256\n").unwrap();
+        let c = Config::load(Some(&f), |_| None, &Overrides::default()).unwrap();
+        assert_eq!(c.max_batch_tokens, 256);
+        let env = |k: &str| (k == "WARD_MAX_BATCH_TOKENS").then(|| "128".to_string());
+        let c = Config::load(Some(&f), env, &Overrides::default()).unwrap();
+        assert_eq!(c.max_batch_tokens, 128);
+        let zero = |k: &str| (k == "WARD_MAX_BATCH_TOKENS").then(|| "0".to_string());
+        let e = Config::load(None, zero, &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("max_batch_tokens"), "{e}");
     }
 }

@@ -45,6 +45,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let sched = SchedulerConfig {
         queue_capacity: cfg.queue_capacity,
         max_running: cfg.max_running,
+        max_batch_tokens: cfg.max_batch_tokens,
         kv_tokens: cfg.kv_tokens,
         ..SchedulerConfig::default()
     };
