@@ -15,7 +15,7 @@ use std::path::Path;
 pub use candle_backend::CandleTransformer;
 pub use config::{Arch, ModelConfig};
 pub use kv::{KvPool, SeqKv};
-pub use transformer::Transformer;
+pub use transformer::{PIECE, Transformer};
 
 use crate::engine::error::{EngineError, Result};
 use crate::engine::gguf::{GgufFile, Metadata};

@@ -23,6 +23,10 @@ use super::{Gauges, Job, SchedulerConfig, SeqEvent};
 /// Prompt tokens a scoring job runs per step (each needs a full row of logits).
 const SCORE_CHUNK: usize = 64;
 
+/// Prompt tokens per step while other sequences decode: one piece of the engine's prefill
+/// ([`PIECE`](crate::engine::model::PIECE)), which runs long prompts in pieces of this size anyway.
+const MIXED_PREFILL: usize = crate::engine::model::PIECE;
+
 struct Running {
     seq: Sequence,
     events: UnboundedSender<SeqEvent>,
@@ -186,9 +190,17 @@ impl Worker {
         let mut batch = Batch::default();
         let mut budget = self.cfg.max_batch_tokens.max(self.running.len());
         let mut wants = Vec::with_capacity(self.running.len());
-        // Decoding sequences first (one token each), then prefill chunks.
+        // Decoding sequences first (one token each), then prefill chunks; while any sequence
+        // decodes, the chunks of a step stay within one prefill piece, so that a long prompt
+        // holds the running streams up for one piece's time per token, not the whole budget's.
+        let prefilling = |r: &Running| r.seq.uncached().len() > 1;
         let mut order: Vec<usize> = (0..self.running.len()).collect();
-        order.sort_by_key(|&i| self.running[i].seq.uncached().len() > 1);
+        order.sort_by_key(|&i| prefilling(&self.running[i]));
+        let mut prompt_budget = if self.running.iter().all(prefilling) {
+            budget
+        } else {
+            MIXED_PREFILL
+        };
         let mut take = vec![0usize; self.running.len()];
         for &i in &order {
             let r = &self.running[i];
@@ -197,10 +209,14 @@ impl Worker {
             } else {
                 usize::MAX
             };
-            let n = r.seq.uncached().len().min(budget).min(chunk);
+            let mut n = r.seq.uncached().len().min(budget).min(chunk);
+            if prefilling(r) {
+                n = n.min(prompt_budget);
+                prompt_budget -= n;
+            }
             take[i] = n;
             budget -= n;
-            if budget == 0 {
+            if budget == 0 || (prefilling(r) && prompt_budget == 0) {
                 break;
             }
         }
