@@ -188,38 +188,11 @@ impl Worker {
             return;
         }
         let mut batch = Batch::default();
-        let mut budget = self.cfg.max_batch_tokens.max(self.running.len());
         let mut wants = Vec::with_capacity(self.running.len());
-        // Decoding sequences first (one token each), then prefill chunks; while any sequence
-        // decodes, the chunks of a step stay within one prefill piece, so that a long prompt
-        // holds the running streams up for one piece's time per token, not the whole budget's.
-        let prefilling = |r: &Running| r.seq.uncached().len() > 1;
-        let mut order: Vec<usize> = (0..self.running.len()).collect();
-        order.sort_by_key(|&i| prefilling(&self.running[i]));
-        let mut prompt_budget = if self.running.iter().all(prefilling) {
-            budget
-        } else {
-            MIXED_PREFILL
-        };
-        let mut take = vec![0usize; self.running.len()];
-        for &i in &order {
-            let r = &self.running[i];
-            let chunk = if r.score.is_some() {
-                SCORE_CHUNK
-            } else {
-                usize::MAX
-            };
-            let mut n = r.seq.uncached().len().min(budget).min(chunk);
-            if prefilling(r) {
-                n = n.min(prompt_budget);
-                prompt_budget -= n;
-            }
-            take[i] = n;
-            budget -= n;
-            if budget == 0 || (prefilling(r) && prompt_budget == 0) {
-                break;
-            }
-        }
+        let pending: Vec<(usize, bool)> = (self.running.iter())
+            .map(|r| (r.seq.uncached().len(), r.score.is_some()))
+            .collect();
+        let take = plan_step(&pending, self.cfg.max_batch_tokens);
         for (i, r) in self.running.iter().enumerate() {
             let n = take[i];
             if n == 0 {
@@ -325,5 +298,65 @@ impl Worker {
 fn send_all(events: Vec<(UnboundedSender<SeqEvent>, SeqEvent)>) {
     for (tx, ev) in events {
         let _ = tx.send(ev);
+    }
+}
+
+/// How many of its uncached tokens each running sequence (`(uncached, scoring)`) feeds the next
+/// forward pass, within `max_batch_tokens`: decoding sequences first (one token each), then
+/// prompt chunks; while any sequence decodes, the chunks of a step stay within one prefill
+/// piece, so that a long prompt holds the running streams up for one piece's time per token,
+/// not the whole budget's.
+fn plan_step(pending: &[(usize, bool)], max_batch_tokens: usize) -> Vec<usize> {
+    let mut budget = max_batch_tokens.max(pending.len());
+    let prefilling = |&(n, _): &(usize, bool)| n > 1;
+    let mut order: Vec<usize> = (0..pending.len()).collect();
+    order.sort_by_key(|&i| prefilling(&pending[i]));
+    let mut prompt_budget = if pending.iter().all(prefilling) {
+        budget
+    } else {
+        MIXED_PREFILL
+    };
+    let mut take = vec![0usize; pending.len()];
+    for &i in &order {
+        let (len, scoring) = pending[i];
+        let chunk = if scoring { SCORE_CHUNK } else { usize::MAX };
+        let mut n = len.min(budget).min(chunk);
+        if prefilling(&pending[i]) {
+            n = n.min(prompt_budget);
+            prompt_budget -= n;
+        }
+        take[i] = n;
+        budget -= n;
+        if budget == 0 || (prefilling(&pending[i]) && prompt_budget == 0) {
+            break;
+        }
+    }
+    take
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_alone_take_the_whole_budget() {
+        assert_eq!(plan_step(&[(900, false)], 512), [512]);
+        assert_eq!(plan_step(&[(300, false), (400, false)], 512), [300, 212]);
+    }
+
+    #[test]
+    fn prompts_beside_decodes_take_one_piece_a_step() {
+        let take = plan_step(&[(900, false), (1, false), (1, false), (100, false)], 512);
+        assert_eq!(take, [MIXED_PREFILL, 1, 1, 0]);
+        let take = plan_step(&[(1, false), (50, false), (900, false)], 512);
+        assert_eq!(take, [1, 50, MIXED_PREFILL - 50]);
+    }
+
+    #[test]
+    fn decodes_come_first_and_scoring_runs_in_chunks() {
+        // A budget smaller than the running set still gives every decoding sequence its token.
+        assert_eq!(plan_step(&[(1, false); 4], 2), [1, 1, 1, 1]);
+        assert_eq!(plan_step(&[(200, true)], 512), [SCORE_CHUNK]);
+        assert_eq!(plan_step(&[(200, true), (1, false)], 512), [SCORE_CHUNK, 1]);
     }
 }
