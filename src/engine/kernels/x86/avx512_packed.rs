@@ -577,7 +577,8 @@ pub unsafe fn tile(
                 }
             }
             if !rows.is_empty() {
-                tile_q6(lay, tile, &a[g * arow..], arow, first(g), rows);
+                // The pass after the batched ones (the first when there are none).
+                tile_q6(lay, tile, &a[g * arow..], arow, first(g.div_ceil(4)), rows);
             }
             return;
         }
