@@ -1,0 +1,79 @@
+//! Criterion benchmarks of the one-row attention kernels over the `f16` KV cache, on data in
+//! cache: the scores of a group of query heads against one block of transposed keys
+//! (`f16ops::scores_tree`, llama.cpp's dot-product order) and the `f16` value accumulation
+//! over a block of value rows (`f16ops::mad_f16_span`). Throughput in (position, head) pairs
+//! per second; SmolLM2's shapes (head size 64, 3 query heads per KV head, 16-position blocks).
+//!
+//! `cargo bench --bench attention`.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use half::f16;
+use std::hint::black_box;
+use ward::engine::kernels::f16ops::{ValueRun, mad_f16_span, scores_tree};
+
+const HD: usize = 64;
+const G: usize = 3;
+const BLOCK: usize = 16;
+
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+fn halves(x: &[f32]) -> Vec<f16> {
+    x.iter().map(|&v| f16::from_f32(v)).collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("attention");
+    g.throughput(Throughput::Elements((G * BLOCK) as u64));
+    let kt = halves(&noise(HD * BLOCK, 1));
+    let q: Vec<f32> = halves(&noise(G * HD, 2))
+        .iter()
+        .map(|h| h.to_f32())
+        .collect();
+    let mut out = vec![0f32; G * BLOCK];
+    g.bench_function("scores_tree/64x3/16", |b| {
+        b.iter(|| {
+            scores_tree(
+                black_box(&kt),
+                BLOCK,
+                BLOCK,
+                black_box(&q),
+                HD,
+                0.125,
+                &mut out,
+            );
+            black_box(&out);
+        })
+    });
+    let rows = halves(&noise(BLOCK * HD, 3));
+    let w: Vec<f32> = noise(G * BLOCK, 4).iter().map(|v| v + 0.5).collect();
+    let raise = vec![false; G * BLOCK];
+    let mut y = vec![f16::ZERO; G * HD];
+    g.bench_function("mad_f16_span/64x3/16", |b| {
+        b.iter(|| {
+            let run = ValueRun {
+                rows: black_box(&rows),
+                stride: HD,
+                w: &w,
+                raise: &raise,
+                wstride: BLOCK,
+                n: BLOCK,
+            };
+            mad_f16_span(&mut y, HD, &run);
+            black_box(&y);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
