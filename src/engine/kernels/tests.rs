@@ -416,3 +416,42 @@ fn packing_releases_the_source_in_order_and_packs_the_same() {
         assert_eq!(a, b, "row {r}");
     }
 }
+
+/// In llama.cpp's order, a token's products do not depend on the batch it comes in: the
+/// 32-wide packed kernels give each of 8 tokens the bits it gets alone (the 5-bit formats
+/// through the weights that the batch's first pass unpacks for the others).
+#[test]
+fn packed_32_wide_batches_give_each_token_its_own_bits() {
+    if isa::numerics() != isa::Numerics::Reference {
+        return;
+    }
+    fn one<T: GgmlType>(dtype: GgmlDType) {
+        let mut rng = StdRng::seed_from_u64(0xba7c ^ dtype as u64);
+        let (rows, cols, n) = (40, 896, 8);
+        let (bytes, _) = via_candle::<T>(&mut rng, rows, cols);
+        let w = QMatrix::new(dtype, rows, cols, &bytes).unwrap();
+        let Some(p) = PackedMatrix::pack(&w) else {
+            return; // no AVX-512 VNNI: nothing is packed
+        };
+        let x = randn(&mut rng, n * cols);
+        for k in [2, 3, 5, 8] {
+            let mut all = vec![0f32; k * rows];
+            packed::matmul_packed(&p, &x[..k * cols], k, &mut all);
+            for t in 0..k {
+                let mut alone = vec![0f32; rows];
+                packed::matmul_packed(&p, &x[t * cols..(t + 1) * cols], 1, &mut alone);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&all[t * rows..(t + 1) * rows]),
+                    bits(&alone),
+                    "{dtype:?} {k} tokens, token {t}"
+                );
+            }
+        }
+    }
+    one::<ck::BlockQ4_0>(GgmlDType::Q4_0);
+    one::<ck::BlockQ4_1>(GgmlDType::Q4_1);
+    one::<ck::BlockQ5_0>(GgmlDType::Q5_0);
+    one::<ck::BlockQ5_1>(GgmlDType::Q5_1);
+    one::<ck::BlockQ8_0>(GgmlDType::Q8_0);
+}
