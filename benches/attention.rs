@@ -2,7 +2,7 @@
 //! cache: the scores of a group of query heads against one block of transposed keys
 //! (`f16ops::scores_tree`, llama.cpp's dot-product order) and the `f16` value accumulation
 //! over a block of value rows (`f16ops::mad_f16_span`). Throughput in (position, head) pairs
-//! per second; SmolLM2's shapes (head size 64, 3 query heads per KV head, 16-position blocks).
+//! per second; SmolLM2's shapes (head size 64, 3 query heads per KV head, 32-position blocks as in the cache).
 //!
 //! `cargo bench --bench attention`.
 
@@ -13,7 +13,7 @@ use ward::engine::kernels::f16ops::{ValueRun, mad_f16_span, scores_tree};
 
 const HD: usize = 64;
 const G: usize = 3;
-const BLOCK: usize = 16;
+const BLOCK: usize = 32;
 
 fn noise(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed | 1;
@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
         .map(|h| h.to_f32())
         .collect();
     let mut out = vec![0f32; G * BLOCK];
-    g.bench_function("scores_tree/64x3/16", |b| {
+    g.bench_function("scores_tree/64x3/32", |b| {
         b.iter(|| {
             scores_tree(
                 black_box(&kt),
@@ -58,7 +58,7 @@ fn bench(c: &mut Criterion) {
     let w: Vec<f32> = noise(G * BLOCK, 4).iter().map(|v| v + 0.5).collect();
     let raise = vec![false; G * BLOCK];
     let mut y = vec![f16::ZERO; G * HD];
-    g.bench_function("mad_f16_span/64x3/16", |b| {
+    g.bench_function("mad_f16_span/64x3/32", |b| {
         b.iter(|| {
             let run = ValueRun {
                 rows: black_box(&rows),
