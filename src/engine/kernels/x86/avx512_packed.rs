@@ -660,13 +660,7 @@ pub unsafe fn tile(
         // in 12 operations and were no faster through the cache, so they read the tile.
         let passes = out.len().div_ceil(2);
         let cache = passes > 1 && lay.q5;
-        UNPACKED.with_borrow_mut(|buf| {
-            let ptr = if cache {
-                buf.resize(8 * (tile.len() / lay.bytes), _mm512_setzero_si512());
-                buf.as_mut_ptr()
-            } else {
-                std::ptr::null_mut()
-            };
+        let mut passes_over = |ptr: *mut __m512i| {
             for (c, o) in out.chunks_mut(2).enumerate() {
                 let a = &a[2 * c * arow..];
                 let ahead = first(c);
@@ -685,6 +679,14 @@ pub unsafe fn tile(
                     (true, _) => x!(READ; Q5_0, Q5_1),
                 }
             }
-        });
+        };
+        if cache {
+            UNPACKED.with_borrow_mut(|buf| {
+                buf.resize(8 * (tile.len() / lay.bytes), _mm512_setzero_si512());
+                passes_over(buf.as_mut_ptr())
+            })
+        } else {
+            passes_over(std::ptr::null_mut())
+        }
     }
 }
