@@ -455,3 +455,35 @@ fn packed_32_wide_batches_give_each_token_its_own_bits() {
     one::<ck::BlockQ5_1>(GgmlDType::Q5_1);
     one::<ck::BlockQ8_0>(GgmlDType::Q8_0);
 }
+
+/// A `Q6_K` batch of 8 or more tokens takes llama.cpp's tiled order, 4 tokens a pass, the
+/// later passes loading the weights the first unpacked: a token gets the same bits in the
+/// first pass as in a later one.
+#[test]
+fn packed_q6k_batches_give_a_token_the_same_bits_in_any_pass() {
+    let mut rng = StdRng::seed_from_u64(0x96);
+    let (rows, cols) = (40, 768);
+    let (bytes, _) = via_candle::<ck::BlockQ6K>(&mut rng, rows, cols);
+    let w = QMatrix::new(GgmlDType::Q6K, rows, cols, &bytes).unwrap();
+    let Some(p) = PackedMatrix::pack(&w) else {
+        return; // no AVX-512 VNNI: nothing is packed
+    };
+    for n in [8, 12] {
+        let x = randn(&mut rng, n * cols);
+        // The same tokens, the last four first.
+        let mut y = x[(n - 4) * cols..].to_vec();
+        y.extend_from_slice(&x[..(n - 4) * cols]);
+        let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+        packed::matmul_packed(&p, &x, n, &mut a);
+        packed::matmul_packed(&p, &y, n, &mut b);
+        for t in 0..n {
+            let u = (t + 4) % n;
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&a[t * rows..(t + 1) * rows]),
+                bits(&b[u * rows..(u + 1) * rows]),
+                "{n} tokens, token {t}"
+            );
+        }
+    }
+}
