@@ -31,6 +31,7 @@ mod avx2;
 mod avx512_k;
 mod avx512_legacy;
 pub mod avx512_packed;
+mod avx512_packed_k;
 pub mod f16ops;
 mod float;
 pub mod quant;
