@@ -140,7 +140,20 @@ pub(super) const READ: u8 = 2;
 
 thread_local! {
     /// The unpacked weight vectors of the tile a batch's passes share (see [`tile`]).
-    pub(super) static UNPACKED: std::cell::RefCell<Vec<__m512i>> = const { std::cell::RefCell::new(Vec::new()) };
+    static UNPACKED: std::cell::RefCell<Vec<__m512i>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on room for `vectors` unpacked weight vectors in this thread's [`UNPACKED`], or on
+/// a null pointer for a batch that keeps none.
+fn with_unpacked(vectors: Option<usize>, f: impl FnOnce(*mut __m512i)) {
+    match vectors {
+        Some(n) => UNPACKED.with_borrow_mut(|buf| {
+            // SAFETY: an all-zero vector is a valid `__m512i`.
+            buf.resize(n, unsafe { std::mem::zeroed() });
+            f(buf.as_mut_ptr())
+        }),
+        None => f(std::ptr::null_mut()),
+    }
 }
 
 /// The 32-wide formats in llama.cpp's summation order (`ggml_vec_dot_q4_1_q8_1` and its
@@ -307,7 +320,7 @@ pub unsafe fn tile(
             // 377-480 -> 326-336 us on one thread in cache, 335-373 -> 316-337 us on two
             // streaming; Qwen2.5-0.5B's 8 batched tokens 199 -> 206 t/s.
             let cache = g > 4;
-            let mut passes_over = |ptr: *mut __m512i| {
+            let passes_over = |ptr: *mut __m512i| {
                 for (c, o) in batched.chunks_mut(4).enumerate() {
                     let a = &a[4 * c * arow..];
                     macro_rules! q {
@@ -327,14 +340,7 @@ pub unsafe fn tile(
                     }
                 }
             };
-            if cache {
-                UNPACKED.with_borrow_mut(|buf| {
-                    buf.resize(64 * (tile.len() / lay.bytes), _mm512_setzero_si512());
-                    passes_over(buf.as_mut_ptr())
-                })
-            } else {
-                passes_over(std::ptr::null_mut())
-            }
+            with_unpacked(cache.then_some(64 * (tile.len() / lay.bytes)), passes_over);
             if !rows.is_empty() {
                 // The pass after the batched ones (the first when there are none).
                 tile_q6(lay, tile, &a[g * arow..], arow, first(g.div_ceil(4)), rows);
@@ -395,7 +401,7 @@ pub unsafe fn tile(
         // in 12 operations and were no faster through the cache, so they read the tile.
         let passes = out.len().div_ceil(2);
         let cache = passes > 1 && lay.q5;
-        let mut passes_over = |ptr: *mut __m512i| {
+        let passes_over = |ptr: *mut __m512i| {
             for (c, o) in out.chunks_mut(2).enumerate() {
                 let a = &a[2 * c * arow..];
                 let ahead = first(c);
@@ -415,13 +421,6 @@ pub unsafe fn tile(
                 }
             }
         };
-        if cache {
-            UNPACKED.with_borrow_mut(|buf| {
-                buf.resize(8 * (tile.len() / lay.bytes), _mm512_setzero_si512());
-                passes_over(buf.as_mut_ptr())
-            })
-        } else {
-            passes_over(std::ptr::null_mut())
-        }
+        with_unpacked(cache.then_some(8 * (tile.len() / lay.bytes)), passes_over);
     }
 }
