@@ -135,12 +135,39 @@ unsafe fn values32<const F: u8>(col: *const u8) -> [__m512i; 8] {
 /// How a [`tile_x`] pass gets a block column's weight vectors: unpacked from the tile, the
 /// same and also stored to the cache, or loaded from the cache a previous pass filled.
 pub(super) const DIRECT: u8 = 0;
-pub(super) const FILL: u8 = 1;
-pub(super) const READ: u8 = 2;
+const FILL: u8 = 1;
+const READ: u8 = 2;
 
 thread_local! {
     /// The unpacked weight vectors of the tile a batch's passes share (see [`tile`]).
     static UNPACKED: std::cell::RefCell<Vec<__m512i>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A block column's `N` weight vectors in cache mode `C`: `unpack()` (and, filling, stored at
+/// `at`), or loaded from `at` where an earlier pass stored them.
+///
+/// # Safety
+/// Unless `C == DIRECT`, `at` points at `N` aligned vectors of the buffer [`with_unpacked`]
+/// lent.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn unpacked<const C: u8, const N: usize>(
+    at: *mut __m512i,
+    unpack: impl FnOnce() -> [__m512i; N],
+) -> [__m512i; N] {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        if C == READ {
+            return std::array::from_fn(|j| _mm512_load_si512(at.add(j).cast()));
+        }
+        let wv = unpack();
+        if C == FILL {
+            for (j, &w) in wv.iter().enumerate() {
+                _mm512_store_si512(at.add(j).cast(), w);
+            }
+        }
+        wv
+    }
 }
 
 /// Runs `f` on room for `vectors` unpacked weight vectors in this thread's [`UNPACKED`], or on
@@ -187,18 +214,7 @@ unsafe fn tile_x<const T: usize, const F: u8, const C: u8>(
         // block `b` of each of the `T` tokens lies inside `a` (asserted); with a cache
         // (`C != DIRECT`), `cache` holds `8 * nb` vectors.
         unsafe {
-            let wv = match C {
-                READ => std::array::from_fn(|j| _mm512_load_si512(cache.add(8 * b + j).cast())),
-                _ => {
-                    let wv = values32::<F>(col);
-                    if C == FILL {
-                        for (j, &w) in wv.iter().enumerate() {
-                            _mm512_store_si512(cache.add(8 * b + j).cast(), w);
-                        }
-                    }
-                    wv
-                }
-            };
+            let wv = unpacked::<C, 8>(cache.wrapping_add(8 * b), || values32::<F>(col));
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
             for t in 0..T {
                 let x = &*x0.add(t * arow).cast::<BlockQ8s>();

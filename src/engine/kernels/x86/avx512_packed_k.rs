@@ -5,7 +5,7 @@
 use super::super::blocks::BlockQ8K;
 use super::super::packed::{Layout, R};
 use super::super::packed_k::{MN_AT, SC_AT, q6};
-use super::avx512_packed::{Ahead, FILL, READ, prefetch};
+use super::avx512_packed::{Ahead, prefetch, unpacked};
 use std::arch::x86_64::*;
 
 /// `Q4_K` (`Q5 = false`) / `Q5_K` tiles: per sub-block, 16-value (`Q5_K`: 8-value) partial
@@ -274,20 +274,8 @@ pub(super) unsafe fn tile_q6_tiled<const T: usize, const C: u8>(
             let sc = _mm512_cvtepi8_epi32(sc8(gg));
             // SAFETY: `col` is one whole column; with a cache (`C != DIRECT`), `cache` holds
             // `64 * nb` vectors.
-            let wv: [__m512i; 4] = unsafe {
-                let at = cache.wrapping_add(4 * (16 * b + gg));
-                match C {
-                    READ => std::array::from_fn(|e| _mm512_load_si512(at.add(e).cast())),
-                    _ => {
-                        let wv = q6_values(col, gg);
-                        if C == FILL {
-                            for (e, &w) in wv.iter().enumerate() {
-                                _mm512_store_si512(at.add(e).cast(), w);
-                            }
-                        }
-                        wv
-                    }
-                }
+            let wv = unsafe {
+                unpacked::<C, 4>(cache.wrapping_add(4 * (16 * b + gg)), || q6_values(col, gg))
             };
             for t in 0..T {
                 // SAFETY: 16 bytes at `16gg` of the 256 values.
