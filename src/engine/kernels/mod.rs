@@ -169,6 +169,9 @@ fn with_activations(act: Act, min: bool, x: &[f32], cols: usize, f: impl FnOnce(
         std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), scratch.len() * 64)
     };
     let bytes = &mut bytes[..n * arow];
+    // The pool's threads read the previous product's rows from this buffer, so its lines are
+    // shared with their caches: ask for all of them at once instead of one store at a time.
+    prefetch_write(bytes);
     quantize_rows(act, min, x, cols, bytes);
     f(bytes, arow);
     SCRATCH.with_borrow_mut(|s| *s = scratch);
@@ -270,6 +273,21 @@ fn prefetch(data: &[u8], range: std::ops::Range<usize>) {
 #[inline]
 pub fn prefetch_l2<T>(data: &[T]) {
     prefetch_lines::<true>(data.as_ptr().cast(), std::mem::size_of_val(data));
+}
+
+/// Hints the cache lines of `data` into L1 for writing (`prefetchw`), so that stores to lines
+/// another core holds do not each wait for that core to let go of them.
+#[inline]
+pub fn prefetch_write<T>(data: &[T]) {
+    let (p, len) = (data.as_ptr().cast::<u8>(), std::mem::size_of_val(data));
+    #[cfg(target_arch = "x86_64")]
+    for i in (0..len).step_by(64) {
+        use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
+        // SAFETY: prefetching never faults and does not change memory.
+        unsafe { _mm_prefetch::<_MM_HINT_ET0>(p.wrapping_add(i).cast()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
 }
 
 /// Splits the `rows × n` output into tiles and runs them on the pool.

@@ -364,15 +364,16 @@ fn pack_tile(w: &QMatrix, lay: &Layout, t: usize, tile: &mut [u8]) {
 /// a[t]`, with `a` holding [`BlockQ8s`] (32-wide formats) or [`BlockQ8K`] rows `arow` apart.
 /// `gemm`: how many of the leading tokens take llama.cpp's multi-row order for `Q4_K` and
 /// `Q6_K` (whose kernels for batches sum in another order than its one-row kernels); other
-/// formats ignore it. `stream`: this is the tile's only call (a decode-sized batch), so the
-/// kernel streams the weights from memory, fetching the next tile while it reads this one.
+/// formats ignore it. `next`, unless 0: this is the tile's only call (a decode-sized batch),
+/// so the kernel streams the weights from memory, fetching the tile `next` bytes from this one
+/// (the one its thread takes next) while it reads this one.
 pub type TileFn = unsafe fn(
     lay: &Layout,
     tile: &[u8],
     a: &[u8],
     arow: usize,
     gemm: usize,
-    stream: bool,
+    next: isize,
     out: &mut [[f32; R]],
 );
 
@@ -383,7 +384,7 @@ fn tile_scalar(
     a: &[u8],
     arow: usize,
     _gemm: usize,
-    _stream: bool,
+    _next: isize,
     out: &mut [[f32; R]],
 ) {
     if lay.kquant {
@@ -472,50 +473,34 @@ struct Plan<'a> {
     multi: usize,
 }
 
-/// One unit of work of a dispatch: a run of row tiles of one matrix, for a range of tokens.
+/// One unit of work of a dispatch: one row tile of one matrix, for a range of tokens.
 struct Chunk {
     plan: usize,
-    tiles: std::ops::Range<usize>,
+    tile: usize,
     tokens: std::ops::Range<usize>,
 }
 
 /// Tokens per chunk of a prefill-sized batch.
 const PREFILL_TOKENS: usize = 64;
 
-/// The chunks of a dispatch over matrices of `tiles[i]` row tiles and `n` tokens.
+/// The chunks of a dispatch over matrices of `tiles[i]` row tiles and `n` tokens, in the
+/// matrices' memory order.
 ///
-/// A decode-sized batch (`stream`) streams the weights once: each chunk is a run of
-/// consecutive tiles for every token, so that a thread reads (and prefetches) contiguous
-/// memory, and the runs shrink as the dispatch proceeds (each about `1 / (2 · threads)` of
-/// the tiles left, down to one tile), so that the threads reach the barrier together.
-/// A prefill-sized batch reuses each tile across tokens from cache: chunks are single tiles
-/// for 64 tokens.
-fn chunks(tiles: &[usize], n: usize, stream: bool, threads: usize) -> Vec<Chunk> {
+/// A decode-sized batch (`stream`) streams the weights once: a chunk is one tile for every
+/// token, and the threads take them from contiguous segments of the dispatch
+/// ([`pool::Segments`]), so that each reads (and prefetches) memory in order and none waits
+/// at the end for a long run of the other's. A prefill-sized batch reuses each tile across
+/// tokens from cache: chunks are single tiles for 64 tokens.
+fn chunks(tiles: &[usize], n: usize, stream: bool) -> Vec<Chunk> {
+    let step = if stream { n.max(1) } else { PREFILL_TOKENS };
     let mut out = Vec::new();
-    if stream {
-        let mut left: usize = tiles.iter().sum();
-        for (plan, &t) in tiles.iter().enumerate() {
-            let mut a = 0;
-            while a < t {
-                let b = (a + left.div_ceil(2 * threads)).min(t);
-                left -= b - a;
-                out.push(Chunk {
-                    plan,
-                    tiles: a..b,
-                    tokens: 0..n,
-                });
-                a = b;
-            }
-        }
-        return out;
-    }
     for (plan, &t) in tiles.iter().enumerate() {
         for tile in 0..t {
-            for t0 in (0..n).step_by(PREFILL_TOKENS) {
+            for t0 in (0..n).step_by(step) {
                 out.push(Chunk {
                     plan,
-                    tiles: tile..tile + 1,
-                    tokens: t0..(t0 + PREFILL_TOKENS).min(n),
+                    tile,
+                    tokens: t0..(t0 + step).min(n),
                 });
             }
         }
@@ -575,7 +560,7 @@ pub(crate) fn matmul_packed_many_isa(
         })
         .collect();
     let tiles: Vec<usize> = ws.iter().map(|w| w.rows.div_ceil(R)).collect();
-    let work = chunks(&tiles, n, stream, pool::threads());
+    let work = chunks(&tiles, n, stream);
     if work.is_empty() {
         return;
     }
@@ -588,28 +573,43 @@ pub(crate) fn matmul_packed_many_isa(
             }
         }
         let act = &*act;
-        let claims = pool::Chunks::new(work.len());
-        let task = |_| {
+        let (claims, segments) = (
+            pool::Chunks::new(if stream { 0 } else { work.len() }),
+            pool::Segments::new(if stream { work.len() } else { 0 }, pool::threads()),
+        );
+        // The next chunks for participant `who`, in the order to run them.
+        let claim = |who: usize| {
+            if stream {
+                segments.claim(who)
+            } else {
+                claims.claim().map(|c| pool::Run {
+                    items: c..c + 1,
+                    forward: true,
+                })
+            }
+        };
+        let task = |who| {
             // Each kernel call writes all of `v[..k]`.
             let mut v = [[0f32; R]; isa::MAX_TOKENS];
-            while let Some(c) = claims.claim() {
-                let Chunk {
-                    plan,
-                    tiles,
-                    tokens,
-                } = &work[c];
-                let p = &plans[*plan];
-                let rows = p.w.rows;
-                for tile in tiles.clone() {
+            while let Some(run) = claim(who) {
+                let forward = run.forward;
+                for c in run.iter() {
+                    let Chunk { plan, tile, tokens } = &work[c];
+                    let (p, tile) = (&plans[*plan], *tile);
+                    let rows = p.w.rows;
+                    let wt = p.w.tile(tile);
+                    let next = match (stream, forward) {
+                        (false, _) => 0,
+                        (true, true) => wt.len() as isize,
+                        (true, false) => -(wt.len() as isize),
+                    };
                     let mut t0 = tokens.start;
                     while t0 < tokens.end {
                         let k = (tokens.end - t0).min(isa::MAX_TOKENS);
                         let a = &act[t0 * arow..(t0 + k) * arow];
                         let gemm = p.multi.saturating_sub(t0).min(k);
                         // SAFETY: the kernel matches an ISA this CPU supports.
-                        unsafe {
-                            kernel(&p.lay, p.w.tile(tile), a, arow, gemm, stream, &mut v[..k])
-                        };
+                        unsafe { kernel(&p.lay, wt, a, arow, gemm, next, &mut v[..k]) };
                         let live = (rows - tile * R).min(R);
                         for (j, v) in v[..k].iter().enumerate() {
                             // SAFETY: each (t, row) of a matrix belongs to one claimed chunk;
@@ -641,8 +641,8 @@ pub(crate) fn matmul_packed_many_isa(
 mod tests {
     use super::chunks;
 
-    /// Every (matrix, tile, token) lands in exactly one chunk; decode-sized chunks cover all
-    /// tokens, never span two matrices and shrink to single tiles by the end.
+    /// Every (matrix, tile, token) lands in exactly one chunk, in memory order; decode-sized
+    /// chunks cover all tokens.
     #[test]
     fn chunks_cover_the_dispatch_once() {
         for (tiles, n, stream) in [
@@ -652,23 +652,21 @@ mod tests {
             (vec![1], 1, true),
             (vec![36, 12], 200, false),
         ] {
-            let work = chunks(&tiles, n, stream, 2);
+            let work = chunks(&tiles, n, stream);
             let mut seen: Vec<Vec<u32>> = tiles.iter().map(|&t| vec![0; t * n]).collect();
             for c in &work {
-                assert!(!c.tiles.is_empty() && c.tiles.end <= tiles[c.plan]);
-                for tile in c.tiles.clone() {
-                    for t in c.tokens.clone() {
-                        seen[c.plan][tile * n + t] += 1;
-                    }
+                assert!(c.tile < tiles[c.plan]);
+                for t in c.tokens.clone() {
+                    seen[c.plan][c.tile * n + t] += 1;
                 }
             }
             assert!(seen.iter().flatten().all(|&k| k == 1), "{tiles:?} x {n}");
+            assert!(
+                work.windows(2)
+                    .all(|w| (w[0].plan, w[0].tile) <= (w[1].plan, w[1].tile))
+            );
             if stream {
                 assert!(work.iter().all(|c| c.tokens == (0..n)));
-                let sizes: Vec<usize> = work.iter().map(|c| c.tiles.len()).collect();
-                assert_eq!(*sizes.last().unwrap(), 1, "{sizes:?}");
-                let total: usize = tiles.iter().sum();
-                assert!(sizes[0] <= total.div_ceil(4), "{sizes:?}");
             }
         }
     }

@@ -21,7 +21,7 @@ pub(super) enum Ahead {
     /// builds alternated 4 times: decode of Qwen2.5-0.5B 50 -> 62 t/s and of SmolLM2
     /// 179 -> 224 t/s, 8 batched tokens 165 -> 204 and 530 -> 680; two or four tiles on were
     /// no faster.
-    NextTile(usize),
+    NextTile(isize),
 }
 
 /// Issues `ahead`'s prefetches for the `bytes` of the column at `col`.
@@ -30,7 +30,7 @@ pub(super) fn prefetch(ahead: Ahead, col: *const u8, bytes: usize) {
     if let Ahead::NextTile(d) = ahead {
         for off in (0..bytes).step_by(64) {
             // SAFETY: prefetching never faults; the address is only a hint.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(col.wrapping_add(d + off).cast()) };
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(col.wrapping_offset(d + off as isize).cast()) };
         }
     }
 }
@@ -315,13 +315,14 @@ pub unsafe fn tile(
     a: &[u8],
     arow: usize,
     gemm: usize,
-    stream: bool,
+    next: isize,
     out: &mut [[f32; R]],
 ) {
-    // What pass `pass` over the tile prefetches: the first of a decode-sized batch, the next tile.
+    // What pass `pass` over the tile prefetches: the first of a decode-sized batch, the tile
+    // `next` bytes away.
     let first = |pass: usize| {
-        if stream && pass == 0 {
-            Ahead::NextTile(tile.len())
+        if next != 0 && pass == 0 {
+            Ahead::NextTile(next)
         } else {
             Ahead::None
         }
