@@ -418,13 +418,24 @@ fn packing_releases_the_source_in_order_and_packs_the_same() {
 }
 
 /// In llama.cpp's order, a token's products do not depend on the batch it comes in: the
-/// 32-wide packed kernels give each of 8 tokens the bits it gets alone (the 5-bit formats
-/// through the weights that the batch's first pass unpacks for the others).
+/// 32-wide packed kernels give each of 8 tokens the bits it gets alone (the 5-bit formats,
+/// and the 4-bit ones either way `isa::unpack_4bit_once` chooses, through the weights that the
+/// batch's first pass unpacks for the others). Switching the choice while other tests run
+/// changes none of their results, which are the same bits either way.
 #[test]
 fn packed_32_wide_batches_give_each_token_its_own_bits() {
     if isa::numerics() != isa::Numerics::Reference {
         return;
     }
+    let chosen = isa::unpack_4bit_once();
+    for on in [false, true] {
+        isa::set_unpack_4bit_once(on);
+        batches_give_each_token_its_own_bits();
+    }
+    isa::set_unpack_4bit_once(chosen);
+}
+
+fn batches_give_each_token_its_own_bits() {
     fn one<T: GgmlType>(dtype: GgmlDType) {
         let mut rng = StdRng::seed_from_u64(0xba7c ^ dtype as u64);
         let (rows, cols, n) = (40, 896, 8);

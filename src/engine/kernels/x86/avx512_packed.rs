@@ -5,7 +5,7 @@
 
 use super::super::GgmlDType;
 use super::super::blocks::BlockQ8s;
-use super::super::isa::{Numerics, numerics};
+use super::super::isa::{Numerics, numerics, unpack_4bit_once};
 use super::super::packed::{Layout, R};
 use super::avx512_packed_k::{tile_k, tile_q6, tile_q6_tiled};
 use std::arch::x86_64::*;
@@ -415,9 +415,9 @@ pub unsafe fn tile(
         // column), the others load them. Measured on Zen 4: `Q5_0/4864x896/packed/8` 487-504
         // -> 401-417 us on one thread in cache, 300-346 -> 241-266 us on two streaming;
         // Qwen2.5-0.5B (mostly `Q5_0`) 8 batched tokens 196 -> 217 t/s. The 4-bit tiles unpack
-        // in 12 operations and were no faster through the cache, so they read the tile.
+        // in 12 operations, which only Intel's cores gain by sharing (`unpack_4bit_once`).
         let passes = out.len().div_ceil(2);
-        let cache = passes > 1 && lay.q5;
+        let cache = passes > 1 && (lay.q5 || (f != Q8_0 && unpack_4bit_once()));
         let passes_over = |ptr: *mut __m512i| {
             for (c, o) in out.chunks_mut(2).enumerate() {
                 let a = &a[2 * c * arow..];
@@ -433,8 +433,8 @@ pub unsafe fn tile(
                 }
                 match (cache, c) {
                     (false, _) => x!(DIRECT; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0),
-                    (true, 0) => x!(FILL; Q5_0, Q5_1),
-                    (true, _) => x!(READ; Q5_0, Q5_1),
+                    (true, 0) => x!(FILL; Q4_0, Q4_1, Q5_0, Q5_1),
+                    (true, _) => x!(READ; Q4_0, Q4_1, Q5_0, Q5_1),
                 }
             }
         };
