@@ -50,9 +50,10 @@ pub fn numerics() -> Numerics {
 /// unpacks, instead of each unpacking them again. It pays where 512-bit logic runs on the same
 /// two ports as the multiplies (Intel's cores: the unpacking takes 12 of a block column's 68
 /// port slots at two tokens a pass): on a Granite Rapids Xeon, `Q4_1/4864x896/packed/8` in
-/// cache 349 -> 310-326 us and SmolLM2's 8 batched streams +5% (6 paired runs). Zen 4 runs the
-/// logic on pipes of its own and was slower through the buffer (`Q4_1/1536x576/packed/8`
-/// 48-55 -> 65-76 us), so it reads the tile. The bits are the same either way.
+/// cache 349 -> 310-326 us and SmolLM2's 8 batched streams +4-5% (two sets of 6 paired runs).
+/// Zen 4 runs the logic on pipes of its own and was slower through the buffer
+/// (`Q4_1/1536x576/packed/8` 48-55 -> 65-76 us), so it reads the tile. The bits are the same
+/// either way.
 pub fn unpack_4bit_once() -> bool {
     match UNPACK_4BIT.load(std::sync::atomic::Ordering::Relaxed) {
         0 => {
