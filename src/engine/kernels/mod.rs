@@ -27,6 +27,7 @@ mod isa;
 pub mod ops;
 mod packed;
 mod packed_k;
+mod packed_matmul;
 mod pool;
 mod quant;
 #[cfg(test)]
@@ -36,7 +37,8 @@ mod x86;
 
 pub use candle_core::quantized::GgmlDType;
 pub use isa::Isa;
-pub use packed::{PackedMatrix, matmul_packed, matmul_packed_many};
+pub use packed::PackedMatrix;
+pub use packed_matmul::{matmul_packed, matmul_packed_many};
 pub use pool::{set_threads, threads};
 
 /// Runs `f(i)` for every `i` in `0..n` on the kernels' thread pool, the caller taking part.

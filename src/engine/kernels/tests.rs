@@ -89,7 +89,8 @@ fn check(
         seed,
     );
     if let Some(p) = PackedMatrix::pack(&w) {
-        let run = |x: &[f32], n, out: &mut [f32], is| packed::matmul_packed_isa(&p, x, n, out, is);
+        let run =
+            |x: &[f32], n, out: &mut [f32], is| packed_matmul::matmul_packed_isa(&p, x, n, out, is);
         check_with(&run, shape, deq, seed);
         let mut row = vec![0f32; cols];
         for r in [0, rows / 2, rows - 1] {
@@ -238,7 +239,7 @@ fn check_extremes<T: GgmlType>(dtype: GgmlDType, cols: usize, f16_fields: &[usiz
             {
                 let mut got = vec![0f32; rows];
                 match (&p, packed) {
-                    (Some(p), true) => packed::matmul_packed_isa(p, &x, 1, &mut got, is),
+                    (Some(p), true) => packed_matmul::matmul_packed_isa(p, &x, 1, &mut got, is),
                     (None, true) => continue,
                     _ => matmul_isa(&w, &x, 1, &mut got, is),
                 }
@@ -447,10 +448,10 @@ fn batches_give_each_token_its_own_bits() {
         let x = randn(&mut rng, n * cols);
         for k in [2, 3, 5, 8] {
             let mut all = vec![0f32; k * rows];
-            packed::matmul_packed(&p, &x[..k * cols], k, &mut all);
+            packed_matmul::matmul_packed(&p, &x[..k * cols], k, &mut all);
             for t in 0..k {
                 let mut alone = vec![0f32; rows];
-                packed::matmul_packed(&p, &x[t * cols..(t + 1) * cols], 1, &mut alone);
+                packed_matmul::matmul_packed(&p, &x[t * cols..(t + 1) * cols], 1, &mut alone);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
                     bits(&all[t * rows..(t + 1) * rows]),
@@ -485,8 +486,8 @@ fn packed_q6k_batches_give_a_token_the_same_bits_in_any_pass() {
         let mut y = x[(n - 4) * cols..].to_vec();
         y.extend_from_slice(&x[..(n - 4) * cols]);
         let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
-        packed::matmul_packed(&p, &x, n, &mut a);
-        packed::matmul_packed(&p, &y, n, &mut b);
+        packed_matmul::matmul_packed(&p, &x, n, &mut a);
+        packed_matmul::matmul_packed(&p, &y, n, &mut b);
         for t in 0..n {
             let u = (t + 4) % n;
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();

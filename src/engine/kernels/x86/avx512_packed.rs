@@ -304,7 +304,7 @@ unsafe fn tile_fast<const T: usize, const F: u8>(
     }
 }
 
-/// The packed tile kernel (`packed::TileFn`).
+/// The packed tile kernel (`packed_matmul::TileFn`).
 ///
 /// # Safety
 /// Requires AVX-512 F/BW/VL and VNNI.
