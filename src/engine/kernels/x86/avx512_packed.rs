@@ -5,7 +5,7 @@
 
 use super::super::GgmlDType;
 use super::super::blocks::BlockQ8s;
-use super::super::isa::{Numerics, numerics, unpack_4bit_once};
+use super::super::isa::{self, Numerics, numerics, unpack_4bit_once};
 use super::super::packed::{Layout, R};
 use super::avx512_packed_k::{tile_k, tile_q6, tile_q6_tiled};
 use std::arch::x86_64::*;
@@ -22,12 +22,44 @@ pub(super) enum Ahead {
     /// 179 -> 224 t/s, 8 batched tokens 165 -> 204 and 530 -> 680; two or four tiles on were
     /// no faster.
     NextTile(isize),
+    /// One of a batch's later passes fetches its share of the next tile (this many bytes on):
+    /// every `of`-th block column, from column `pass` on. See [`isa::prefetch_in_later_passes`].
+    Share { d: isize, pass: usize, of: usize },
 }
 
-/// Issues `ahead`'s prefetches for the `bytes` of the column at `col`.
+impl Ahead {
+    /// What pass `pass` of `passes` over a tile prefetches when a decode-sized batch streams
+    /// it (`next`, unless 0, is the distance to the tile this thread takes next); `later`:
+    /// [`isa::prefetch_in_later_passes`].
+    pub(super) fn of_pass(next: isize, pass: usize, passes: usize, later: bool) -> Ahead {
+        match pass {
+            _ if next == 0 => Ahead::None,
+            0 if passes > 1 && later => Ahead::None,
+            0 => Ahead::NextTile(next),
+            p if later => Ahead::Share {
+                d: next,
+                pass: p - 1,
+                of: passes - 1,
+            },
+            _ => Ahead::None,
+        }
+    }
+
+    /// The distance to prefetch block column `b` at, if this pass fetches it.
+    #[inline(always)]
+    fn fetches(self, b: usize) -> Option<isize> {
+        match self {
+            Ahead::NextTile(d) => Some(d),
+            Ahead::Share { d, pass, of } if b % of == pass => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// Issues `ahead`'s prefetches for the `bytes` of block column `b`, at `col`.
 #[inline(always)]
-pub(super) fn prefetch(ahead: Ahead, col: *const u8, bytes: usize) {
-    if let Ahead::NextTile(d) = ahead {
+pub(super) fn prefetch(ahead: Ahead, b: usize, col: *const u8, bytes: usize) {
+    if let Some(d) = ahead.fetches(b) {
         for off in (0..bytes).step_by(64) {
             // SAFETY: prefetching never faults; the address is only a hint.
             unsafe { _mm_prefetch::<_MM_HINT_T1>(col.wrapping_offset(d + off as isize).cast()) };
@@ -209,7 +241,7 @@ unsafe fn tile_x<const T: usize, const F: u8, const C: u8>(
     let mut summ = [_mm512_setzero_ps(); T];
     let (mut col, mut x0) = (tile.as_ptr(), a.as_ptr());
     for b in 0..nb {
-        prefetch(ahead, col, bytes);
+        prefetch(ahead, b, col, bytes);
         // SAFETY: `col` is one whole block column of format `F` (`nb` columns asserted), and
         // block `b` of each of the `T` tokens lies inside `a` (asserted); with a cache
         // (`C != DIRECT`), `cache` holds `8 * nb` vectors.
@@ -271,8 +303,8 @@ unsafe fn tile_fast<const T: usize, const F: u8>(
     let (nb, bytes) = (Fmt::<F>::columns(lay, tile, a, arow, T), Fmt::<F>::BYTES);
     let mut acc = [_mm512_setzero_ps(); T];
     let (mut col, mut x0) = (tile.as_ptr(), a.as_ptr());
-    for _ in 0..nb {
-        prefetch(ahead, col, bytes);
+    for b in 0..nb {
+        prefetch(ahead, b, col, bytes);
         // SAFETY: `col` is one whole block column of format `F` (`nb` columns asserted), and
         // block `b` of each of the `T` tokens lies inside `a` (asserted).
         unsafe {
@@ -318,15 +350,8 @@ pub unsafe fn tile(
     next: isize,
     out: &mut [[f32; R]],
 ) {
-    // What pass `pass` over the tile prefetches: the first of a decode-sized batch, the tile
-    // `next` bytes away.
-    let first = |pass: usize| {
-        if next != 0 && pass == 0 {
-            Ahead::NextTile(next)
-        } else {
-            Ahead::None
-        }
-    };
+    let later = isa::prefetch_in_later_passes();
+    let ahead = |pass: usize, passes: usize| Ahead::of_pass(next, pass, passes, later);
     // SAFETY: same features; the kernels check the lengths.
     unsafe {
         if lay.q6 {
@@ -337,16 +362,17 @@ pub unsafe fn tile(
             // 377-480 -> 326-336 us on one thread in cache, 335-373 -> 316-337 us on two
             // streaming; Qwen2.5-0.5B's 8 batched tokens 199 -> 206 t/s.
             let cache = g > 4;
+            let passes = g.div_ceil(4) + usize::from(!rows.is_empty());
             let passes_over = |ptr: *mut __m512i| {
                 for (c, o) in batched.chunks_mut(4).enumerate() {
-                    let a = &a[4 * c * arow..];
+                    let (a, ah) = (&a[4 * c * arow..], ahead(c, passes));
                     macro_rules! q {
                         ($m:ident) => {
                             match o.len() {
-                                1 => tile_q6_tiled::<1, $m>(lay, tile, a, arow, first(c), ptr, o),
-                                2 => tile_q6_tiled::<2, $m>(lay, tile, a, arow, first(c), ptr, o),
-                                3 => tile_q6_tiled::<3, $m>(lay, tile, a, arow, first(c), ptr, o),
-                                _ => tile_q6_tiled::<4, $m>(lay, tile, a, arow, first(c), ptr, o),
+                                1 => tile_q6_tiled::<1, $m>(lay, tile, a, arow, ah, ptr, o),
+                                2 => tile_q6_tiled::<2, $m>(lay, tile, a, arow, ah, ptr, o),
+                                3 => tile_q6_tiled::<3, $m>(lay, tile, a, arow, ah, ptr, o),
+                                _ => tile_q6_tiled::<4, $m>(lay, tile, a, arow, ah, ptr, o),
                             }
                         };
                     }
@@ -360,21 +386,23 @@ pub unsafe fn tile(
             with_unpacked(cache.then_some(64 * (tile.len() / lay.bytes)), passes_over);
             if !rows.is_empty() {
                 // The pass after the batched ones (the first when there are none).
-                tile_q6(lay, tile, &a[g * arow..], arow, first(g.div_ceil(4)), rows);
+                let pass = g.div_ceil(4);
+                tile_q6(lay, tile, &a[g * arow..], arow, ahead(pass, passes), rows);
             }
             return;
         }
         if lay.kquant {
             // Four tokens at a time: two accumulators and two partial sums each.
+            let passes = out.len().div_ceil(4);
             for (c, o) in out.chunks_mut(4).enumerate() {
                 let a = &a[4 * c * arow..];
                 let g = gemm.saturating_sub(4 * c);
                 macro_rules! k {
                     ($t:literal) => {
                         if lay.q5 {
-                            tile_k::<$t, true>(lay, tile, a, arow, first(c), g, o)
+                            tile_k::<$t, true>(lay, tile, a, arow, ahead(c, passes), g, o)
                         } else {
-                            tile_k::<$t, false>(lay, tile, a, arow, first(c), g, o)
+                            tile_k::<$t, false>(lay, tile, a, arow, ahead(c, passes), g, o)
                         }
                     };
                 }
@@ -389,7 +417,7 @@ pub unsafe fn tile(
         }
         let f = fmt_of(lay);
         if numerics() == Numerics::Fast {
-            let ahead = first(0);
+            let ahead = ahead(0, 1);
             macro_rules! fast {
                 ($($f:ident),*) => {
                     match f {
@@ -421,7 +449,7 @@ pub unsafe fn tile(
         let passes_over = |ptr: *mut __m512i| {
             for (c, o) in out.chunks_mut(2).enumerate() {
                 let a = &a[2 * c * arow..];
-                let ahead = first(c);
+                let ahead = ahead(c, passes);
                 macro_rules! x {
                     ($m:ident; $($f:ident),*) => {
                         match (f, o.len()) {
@@ -439,5 +467,38 @@ pub unsafe fn tile(
             }
         };
         with_unpacked(cache.then_some(8 * (tile.len() / lay.bytes)), passes_over);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ahead;
+
+    /// However many passes a batch makes, and whichever pass fetches, each block column of the
+    /// next tile is prefetched exactly once, and only when there is a next tile.
+    #[test]
+    fn a_batch_prefetches_each_column_of_the_next_tile_once() {
+        for later in [false, true] {
+            for passes in 1..=6 {
+                for nb in [1, 3, 18, 28] {
+                    for b in 0..nb {
+                        let fetched = (0..passes)
+                            .filter_map(|p| Ahead::of_pass(-4096, p, passes, later).fetches(b))
+                            .collect::<Vec<_>>();
+                        assert_eq!(
+                            fetched,
+                            [-4096],
+                            "later {later}, {passes} passes, column {b}"
+                        );
+                        assert!(
+                            (0..passes)
+                                .all(|p| Ahead::of_pass(0, p, passes, later).fetches(b).is_none())
+                        );
+                    }
+                }
+                let first = Ahead::of_pass(64, 0, passes, later).fetches(0);
+                assert_eq!(first.is_some(), passes == 1 || !later);
+            }
+        }
     }
 }

@@ -37,7 +37,7 @@ pub(super) unsafe fn tile_k<const T: usize, const Q5: bool>(
     };
     for b in 0..nb {
         let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-        prefetch(ahead, col, lay.bytes);
+        prefetch(ahead, b, col, lay.bytes);
         // SAFETY: token `t`'s block `b` lies inside `a` (asserted), 64-byte aligned.
         let x = |t: usize| unsafe { &*a.as_ptr().add(t * arow + b * XK).cast::<BlockQ8K>() };
         // SAFETY: `col` is one whole column; offsets follow `packed_k`.
@@ -196,7 +196,7 @@ pub(super) unsafe fn tile_q6(
         let mut acc = [_mm512_setzero_ps(); 8];
         for b in 0..nb {
             let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-            prefetch(if t == 0 { ahead } else { Ahead::None }, col, lay.bytes);
+            prefetch(if t == 0 { ahead } else { Ahead::None }, b, col, lay.bytes);
             // SAFETY: token `t`'s block `b` lies inside `a` (asserted), 64-byte aligned.
             let x = unsafe { &*a.as_ptr().add(t * arow + b * XK).cast::<BlockQ8K>() };
             // SAFETY: `col` is one whole column; offsets follow `packed_k::q6`.
@@ -262,7 +262,7 @@ pub(super) unsafe fn tile_q6_tiled<const T: usize, const C: u8>(
     let mut sum = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
-        prefetch(ahead, col, lay.bytes);
+        prefetch(ahead, b, col, lay.bytes);
         // SAFETY: token `t`'s block `b` lies inside `a` (asserted), 64-byte aligned.
         let x = |t: usize| unsafe { &*a.as_ptr().add(t * arow + b * XK).cast::<BlockQ8K>() };
         // SAFETY: `col` is one whole column; offsets follow `packed_k::q6`.
