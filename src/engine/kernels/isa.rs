@@ -78,10 +78,11 @@ static UNPACK_4BIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::n
 /// reads the tile that the passes before fetched, the later ones compute from the L1 cache;
 /// on Intel's cores a software prefetch holds one of the core's few line fill buffers until
 /// its line arrives, so a first pass that issues them all waits on memory while the later
-/// passes leave it idle. On a Granite Rapids Xeon, `Q4_1/4864x896/packed/8` streaming on one
-/// thread 494 -> 421 us; 8 batched streams of Qwen2.5-0.5B +8.7% and of SmolLM2 +4.6%
-/// (paired medians of 6). Zen 4 (not measured this way) keeps the first pass's prefetch,
-/// measured there against other distances.
+/// passes leave it idle. On a Granite Rapids Xeon, streaming `.../4864x896/packed/8` on one
+/// thread: `Q4_1` 479 -> 425 us, `Q5_0` 512 -> 484, `Q8_0` 597 -> 567 (`Q5_0` on two threads
+/// 276 -> 256); 8 batched streams of Qwen2.5-0.5B +2.8% and +3.6% (paired medians of 8 and 6
+/// runs), of SmolLM2 (whose weights the L3 holds) unchanged. Zen 4 (not measured this way)
+/// keeps the first pass's prefetch, measured there against other distances.
 pub fn prefetch_in_later_passes() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(intel)
