@@ -6,26 +6,38 @@
 //! - [`accumulate`] reads values row by row (`stride` halves apart) into the heads' outputs.
 //!
 //! Each has an AVX-512 path (hardware conversions, accumulators in registers) for head sizes
-//! that are a multiple of 16 up to 256, which every supported model's are, and a portable loop.
+//! that are a multiple of 16 up to 256, which every supported model's are, an AVX2 path for
+//! CPUs without AVX-512, and a portable loop.
 
 use half::f16;
 
 use super::isa::{self, Isa};
 
 #[cfg(target_arch = "x86_64")]
-use super::x86::f16ops as simd;
+use super::x86::{f16ops as simd, f16ops_avx2 as avx2};
+
+/// The SIMD path that takes head size `hd` on this CPU.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Avx512,
+    Avx2,
+    Portable,
+}
 
 #[inline]
-fn wide(hd: usize) -> bool {
+fn path(hd: usize) -> Path {
     #[cfg(target_arch = "x86_64")]
     {
-        hd.is_multiple_of(16) && hd <= simd::MAX_HD && isa::get() >= Isa::Avx512
+        let isa = isa::get();
+        if isa >= Isa::Avx512 && hd.is_multiple_of(16) && hd <= simd::MAX_HD {
+            return Path::Avx512;
+        }
+        if isa >= Isa::Avx2 && hd.is_multiple_of(8) && hd <= avx2::MAX_HD {
+            return Path::Avx2;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = hd;
-        false
-    }
+    let _ = hd;
+    Path::Portable
 }
 
 /// Checks the shapes [`scores`] and [`scores_tree`] take; returns the number of heads.
@@ -55,9 +67,12 @@ pub fn scores(
 ) {
     let g = check_scores(kt, stride, n, q, hd, out);
     #[cfg(target_arch = "x86_64")]
-    if wide(hd) {
+    match path(hd) {
         // SAFETY: AVX-512 F/BW/VL detected; lengths checked above; `hd` a multiple of 16.
-        return unsafe { simd::scores(kt, stride, n, q, hd, scale, out) };
+        Path::Avx512 => return unsafe { simd::scores(kt, stride, n, q, hd, scale, out) },
+        // SAFETY: AVX2/FMA/F16C detected; lengths checked above.
+        Path::Avx2 => return unsafe { avx2::scores(kt, stride, n, q, hd, scale, out) },
+        Path::Portable => {}
     }
     for h in 0..g {
         for p in 0..n {
@@ -92,9 +107,14 @@ pub fn scores_tree(
 ) {
     check_scores(kt, stride, n, q, hd, out);
     #[cfg(target_arch = "x86_64")]
-    if wide(hd) && hd.is_multiple_of(64) {
-        // SAFETY: AVX-512 F/BW/VL detected; lengths checked above; `hd` a multiple of 64.
-        return unsafe { simd::scores_tree(kt, stride, n, q, hd, scale, out) };
+    if hd.is_multiple_of(64) {
+        match path(hd) {
+            // SAFETY: AVX-512 F/BW/VL detected; lengths checked above; `hd` a multiple of 64.
+            Path::Avx512 => return unsafe { simd::scores_tree(kt, stride, n, q, hd, scale, out) },
+            // SAFETY: AVX2/FMA/F16C detected; as above.
+            Path::Avx2 => return unsafe { avx2::scores_tree(kt, stride, n, q, hd, scale, out) },
+            Path::Portable => {}
+        }
     }
     scores_tree_scalar(kt, stride, n, q, hd, scale, out)
 }
@@ -186,9 +206,12 @@ pub fn mad_f16_span(y: &mut [f16], hd: usize, run: &ValueRun) {
         "f16ops::mad_f16_span: rows"
     );
     #[cfg(target_arch = "x86_64")]
-    if isa::get() >= Isa::Avx512 {
+    match isa::get() {
         // SAFETY: AVX-512 F/BW/VL detected; lengths checked.
-        return unsafe { simd::mad_f16_span(y, hd, run) };
+        Isa::Avx512 => return unsafe { simd::mad_f16_span(y, hd, run) },
+        // SAFETY: AVX2/FMA/F16C detected; lengths checked.
+        Isa::Avx2 => return unsafe { avx2::mad_f16_span(y, hd, run) },
+        Isa::Scalar => {}
     }
     for (h, y) in y.chunks_exact_mut(hd).enumerate() {
         let at = h * run.wstride;
@@ -229,9 +252,12 @@ pub fn accumulate(rows: &[f16], stride: usize, n: usize, w: &[f32], hd: usize, a
         "f16ops::accumulate: lengths"
     );
     #[cfg(target_arch = "x86_64")]
-    if wide(hd) {
+    match path(hd) {
         // SAFETY: as in `scores`.
-        return unsafe { simd::accumulate(rows, stride, n, w, hd, acc) };
+        Path::Avx512 => return unsafe { simd::accumulate(rows, stride, n, w, hd, acc) },
+        // SAFETY: as in `scores`.
+        Path::Avx2 => return unsafe { avx2::accumulate(rows, stride, n, w, hd, acc) },
+        Path::Portable => {}
     }
     for p in 0..n {
         let v = &rows[p * stride..p * stride + hd];

@@ -199,9 +199,7 @@ impl PackedMatrix {
         w: &QMatrix,
         done: impl FnMut(std::ops::Range<usize>),
     ) -> Option<PackedMatrix> {
-        if isa::get() < Isa::Avx512 {
-            // Only the AVX-512 VNNI kernel makes the packed layout pay; elsewhere the row
-            // kernels are faster.
+        if !packs(w.dtype) {
             return None;
         }
         Self::pack_releasing(w, done)
@@ -297,6 +295,17 @@ impl PackedMatrix {
                 *y = d * (value(&lay, col, r, k) as f32 - lay.offset) + m;
             }
         }
+    }
+}
+
+/// Whether this CPU has a packed tile kernel for `dtype` that beats the row kernels: AVX-512
+/// VNNI for every packed format, AVX2 for the 32-wide ones. The portable tile kernel is slower
+/// than the row kernels.
+pub fn packs(dtype: GgmlDType) -> bool {
+    match isa::get() {
+        Isa::Avx512 => Layout::of(dtype).is_some(),
+        Isa::Avx2 => Layout::of(dtype).is_some_and(|l| !l.kquant),
+        Isa::Scalar => false,
     }
 }
 

@@ -74,12 +74,15 @@ fn tile_scalar(
     }
 }
 
-fn tile_kernel(isa: Isa) -> TileFn {
+/// The tile kernel for `isa` and a layout (AVX2 has kernels for the 32-wide formats only).
+fn tile_kernel(isa: Isa, lay: &Layout) -> TileFn {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        return super::x86::avx512_packed::tile;
+    match isa {
+        Isa::Avx512 => return super::x86::avx512_packed::tile,
+        Isa::Avx2 if !lay.kquant => return super::x86::avx2_packed::tile,
+        _ => {}
     }
-    let _ = isa;
+    let _ = (isa, lay);
     tile_scalar
 }
 
@@ -228,8 +231,8 @@ pub(crate) fn matmul_packed_many_isa(
     if n == 0 {
         return;
     }
-    let kernel = tile_kernel(isa);
     let lay0 = ws[0].layout();
+    let kernel = tile_kernel(isa, &lay0);
     let act = if lay0.kquant { Act::Q8K } else { Act::Q8S };
     // A decode-sized batch: one kernel call per tile, which streams the weights.
     let stream = n <= isa::MAX_TOKENS;

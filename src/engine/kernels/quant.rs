@@ -19,6 +19,11 @@ pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8x2], min: bool) {
         // SAFETY: AVX-512 F/BW/VL were detected at runtime.
         return unsafe { super::x86::quant::quantize_q8(x, out, min) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::isa::get() >= super::isa::Isa::Avx2 {
+        // SAFETY: AVX2 was detected at runtime.
+        return unsafe { super::x86::quant_avx2::quantize_q8(x, out, min) };
+    }
     quantize_q8_scalar(x, out, min)
 }
 
@@ -29,6 +34,11 @@ pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
         // SAFETY: AVX-512 F/BW/VL were detected at runtime.
         return unsafe { super::x86::quant::quantize_q8k(x, out) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::isa::get() >= super::isa::Isa::Avx2 {
+        // SAFETY: AVX2 was detected at runtime.
+        return unsafe { super::x86::quant_avx2::quantize_q8k(x, out) };
+    }
     quantize_q8k_scalar(x, out)
 }
 
@@ -38,6 +48,11 @@ pub fn quantize_q8s(x: &[f32], out: &mut [BlockQ8s], min: bool) {
     if super::isa::get() >= super::isa::Isa::Avx512 {
         // SAFETY: AVX-512 F/BW/VL were detected at runtime.
         return unsafe { super::x86::quant::quantize_q8s(x, out, min) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::isa::get() >= super::isa::Isa::Avx2 {
+        // SAFETY: AVX2 was detected at runtime.
+        return unsafe { super::x86::quant_avx2::quantize_q8s(x, out, min) };
     }
     quantize_q8s_scalar(x, out, min)
 }

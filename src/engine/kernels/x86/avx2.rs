@@ -37,7 +37,7 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 /// Byte `i` is `0x10` where bit `i` of `qh` is set.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bit16(qh: u32) -> __m256i {
+pub(super) fn bit16(qh: u32) -> __m256i {
     let v = _mm256_set1_epi32(qh as i32);
     let spread = _mm256_set_epi64x(
         0x0303_0303_0303_0303,

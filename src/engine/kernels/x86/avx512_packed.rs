@@ -3,130 +3,12 @@
 //! `zmm` of weights holds 4 values of 16 rows, so `vpdpbusd` against a broadcast 4-byte activation
 //! group accumulates all 16 rows at once and no horizontal sums are needed.
 
-use super::super::GgmlDType;
 use super::super::blocks::BlockQ8s;
 use super::super::isa::{self, Numerics, numerics, unpack_4bit_once};
 use super::super::packed::{Layout, R};
 use super::avx512_packed_k::{tile_k, tile_q6, tile_q6_tiled};
+use super::packed_fmt::{Ahead, Fmt, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, XB, fmt_of, prefetch};
 use std::arch::x86_64::*;
-
-/// What a tile kernel prefetches as it reads each block column.
-#[derive(Clone, Copy)]
-pub(super) enum Ahead {
-    /// Nothing: prefill reuses tiles from cache, and later passes read what the first fetched.
-    None,
-    /// A decode-sized batch streams the tile: its first pass fetches the next tile's column
-    /// (this many bytes on) into L2 only, so that the tile any later passes re-read stays in
-    /// L1. Measured on Zen 4 against fetching 2048 bytes on into L1 (the earlier choice),
-    /// builds alternated 4 times: decode of Qwen2.5-0.5B 50 -> 62 t/s and of SmolLM2
-    /// 179 -> 224 t/s, 8 batched tokens 165 -> 204 and 530 -> 680; two or four tiles on were
-    /// no faster.
-    NextTile(isize),
-    /// One of a batch's later passes fetches its share of the next tile (this many bytes on):
-    /// every `of`-th block column, from column `pass` on. See [`isa::prefetch_in_later_passes`].
-    Share { d: isize, pass: usize, of: usize },
-}
-
-impl Ahead {
-    /// What pass `pass` of `passes` over a tile prefetches when a decode-sized batch streams
-    /// it (`next`, unless 0, is the distance to the tile this thread takes next); `later`:
-    /// [`isa::prefetch_in_later_passes`].
-    pub(super) fn of_pass(next: isize, pass: usize, passes: usize, later: bool) -> Ahead {
-        match pass {
-            _ if next == 0 => Ahead::None,
-            0 if passes > 1 && later => Ahead::None,
-            0 => Ahead::NextTile(next),
-            p if later => Ahead::Share {
-                d: next,
-                pass: p - 1,
-                of: passes - 1,
-            },
-            _ => Ahead::None,
-        }
-    }
-
-    /// The distance to prefetch block column `b` at, if this pass fetches it.
-    #[inline(always)]
-    fn fetches(self, b: usize) -> Option<isize> {
-        match self {
-            Ahead::NextTile(d) => Some(d),
-            Ahead::Share { d, pass, of } if b % of == pass => Some(d),
-            _ => None,
-        }
-    }
-}
-
-/// Issues `ahead`'s prefetches for the `bytes` of block column `b`, at `col`.
-#[inline(always)]
-pub(super) fn prefetch(ahead: Ahead, b: usize, col: *const u8, bytes: usize) {
-    if let Some(d) = ahead.fetches(b) {
-        for off in (0..bytes).step_by(64) {
-            // SAFETY: prefetching never faults; the address is only a hint.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(col.wrapping_offset(d + off as isize).cast()) };
-        }
-    }
-}
-
-/// Bytes of one activation block.
-const XB: usize = std::mem::size_of::<BlockQ8s>();
-
-/// The 32-wide formats as a kernel's const parameter, with their block-column layout
-/// (`packed::Layout`) as constants, so that the inner loops carry no format tests.
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q5_0: u8 = 2;
-const Q5_1: u8 = 3;
-const Q8_0: u8 = 4;
-
-struct Fmt<const F: u8>;
-
-impl<const F: u8> Fmt<F> {
-    const LAYOUT: Layout = match Layout::of(match F {
-        Q4_0 => GgmlDType::Q4_0,
-        Q4_1 => GgmlDType::Q4_1,
-        Q5_0 => GgmlDType::Q5_0,
-        Q5_1 => GgmlDType::Q5_1,
-        _ => GgmlDType::Q8_0,
-    }) {
-        Some(l) => l,
-        None => panic!("a 32-wide packed format"),
-    };
-    const MIN: bool = Self::LAYOUT.min;
-    const Q5: bool = Self::LAYOUT.q5;
-    const Q8: bool = F == Q8_0;
-    const M_AT: usize = Self::LAYOUT.m_at;
-    const MASKS_AT: usize = Self::LAYOUT.masks_at;
-    const VALUES_AT: usize = Self::LAYOUT.values_at;
-    const BYTES: usize = Self::LAYOUT.bytes;
-    const OFFSET: f32 = Self::LAYOUT.offset;
-
-    /// Checks that `lay` is this format's layout and the lengths of a tile kernel's call for
-    /// `tokens` tokens; the number of block columns.
-    fn columns(lay: &Layout, tile: &[u8], a: &[u8], arow: usize, tokens: usize) -> usize {
-        assert_eq!(
-            *lay,
-            Self::LAYOUT,
-            "packed kernel: layout of another format"
-        );
-        let nb = tile.len() / Self::BYTES;
-        assert!(
-            tile.len() == nb * Self::BYTES && a.len() >= (tokens - 1) * arow + nb * XB,
-            "packed kernel: lengths"
-        );
-        nb
-    }
-}
-
-/// The format constant of a 32-wide layout.
-fn fmt_of(lay: &Layout) -> u8 {
-    match (lay.min, lay.q5, lay.bytes - lay.values_at == 32 * R) {
-        (_, _, true) => Q8_0,
-        (true, true, _) => Q5_1,
-        (true, false, _) => Q4_1,
-        (false, true, _) => Q5_0,
-        (false, false, _) => Q4_0,
-    }
-}
 
 /// The eight vectors of 4-value groups of one block column.
 ///
@@ -467,38 +349,5 @@ pub unsafe fn tile(
             }
         };
         with_unpacked(cache.then_some(8 * (tile.len() / lay.bytes)), passes_over);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Ahead;
-
-    /// However many passes a batch makes, and whichever pass fetches, each block column of the
-    /// next tile is prefetched exactly once, and only when there is a next tile.
-    #[test]
-    fn a_batch_prefetches_each_column_of_the_next_tile_once() {
-        for later in [false, true] {
-            for passes in 1..=6 {
-                for nb in [1, 3, 18, 28] {
-                    for b in 0..nb {
-                        let fetched = (0..passes)
-                            .filter_map(|p| Ahead::of_pass(-4096, p, passes, later).fetches(b))
-                            .collect::<Vec<_>>();
-                        assert_eq!(
-                            fetched,
-                            [-4096],
-                            "later {later}, {passes} passes, column {b}"
-                        );
-                        assert!(
-                            (0..passes)
-                                .all(|p| Ahead::of_pass(0, p, passes, later).fetches(b).is_none())
-                        );
-                    }
-                }
-                let first = Ahead::of_pass(64, 0, passes, later).fetches(0);
-                assert_eq!(first.is_some(), passes == 1 || !later);
-            }
-        }
     }
 }

@@ -5,7 +5,8 @@
 use super::super::blocks::BlockQ8K;
 use super::super::packed::{Layout, R};
 use super::super::packed_k::{MN_AT, SC_AT, q6};
-use super::avx512_packed::{Ahead, prefetch, unpacked};
+use super::avx512_packed::unpacked;
+use super::packed_fmt::{Ahead, prefetch};
 use std::arch::x86_64::*;
 
 /// `Q4_K` (`Q5 = false`) / `Q5_K` tiles: per sub-block, 16-value (`Q5_K`: 8-value) partial

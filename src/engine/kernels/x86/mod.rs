@@ -28,13 +28,17 @@ macro_rules! tokens {
 }
 
 mod avx2;
+pub mod avx2_packed;
 mod avx512_k;
 mod avx512_legacy;
 pub mod avx512_packed;
 mod avx512_packed_k;
 pub mod f16ops;
+pub mod f16ops_avx2;
 mod float;
+mod packed_fmt;
 pub mod quant;
+pub mod quant_avx2;
 
 use super::GgmlDType;
 use super::isa::{DotFn, Isa};

@@ -1,0 +1,280 @@
+//! AVX2 kernels for the 16-row packed 32-wide formats (see `packed.rs`), for CPUs without
+//! AVX-512 (Zen 3 and older, Intel's client cores). A 64-byte group of a tile holds 4 values of
+//! 16 rows; each half of it, one `ymm`, holds them for 8 rows, so `vpmaddubsw` and `vpmaddwd`
+//! against a broadcast 4-byte activation group give the 4-value sums of 8 rows at once, with no
+//! horizontal sums. A tile's two halves (rows 0-7, 8-15) are separate passes.
+//!
+//! In llama.cpp's order (the default, [`Numerics::Reference`]) each row keeps eight `f32`
+//! lanes, one per 4-value group, that fill the 16 registers for one token and one half: a pass
+//! is one token. `WARD_NUMERICS=fast` sums a block in integers and scales it once, up to four
+//! tokens a pass. The K-quant tiles take the portable tile kernel here: `packed::packs` keeps
+//! them in the GGUF layout, where the row kernels of `avx2.rs` serve them.
+
+use super::super::blocks::BlockQ8s;
+use super::super::isa::{self, Numerics, numerics};
+use super::super::packed::{Layout, R};
+use super::avx2::bit16;
+use super::packed_fmt::{Ahead, Fmt, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, XB, fmt_of, prefetch};
+use std::arch::x86_64::*;
+
+/// The eight weight vectors (4-value groups `j = 0..8`) of rows `8h..8h+8` of one block
+/// column: unsigned values (with the fifth bit for the 5-bit formats), except `Q8_0`, whose
+/// values come back signed (`vpmaddubsw` would saturate on `q + 128`).
+///
+/// # Safety
+/// AVX2; `col` points at one whole block column of format `F`, `h < 2`.
+#[inline(always)]
+unsafe fn values<const F: u8>(col: *const u8, h: usize) -> [__m256i; 8] {
+    // SAFETY: as the caller guarantees; offsets follow `Fmt<F>`.
+    unsafe {
+        let v = col.add(Fmt::<F>::VALUES_AT + 32 * h);
+        if Fmt::<F>::Q8 {
+            let flip = _mm256_set1_epi8(0x80u8 as i8);
+            return std::array::from_fn(|j| {
+                _mm256_xor_si256(_mm256_loadu_si256(v.add(64 * j).cast()), flip)
+            });
+        }
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut wv = [_mm256_setzero_si256(); 8];
+        for g in 0..4 {
+            let q = _mm256_loadu_si256(v.add(64 * g).cast());
+            wv[2 * g] = _mm256_and_si256(q, m4);
+            wv[2 * g + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+        }
+        if Fmt::<F>::Q5 {
+            for (j, w) in wv.iter_mut().enumerate() {
+                // Bits `32h..32h+32` of mask `j`: byte `4r + i` of this half.
+                let k = col
+                    .add(Fmt::<F>::MASKS_AT + 8 * j + 4 * h)
+                    .cast::<u32>()
+                    .read_unaligned();
+                *w = _mm256_or_si256(*w, bit16(k));
+            }
+        }
+        wv
+    }
+}
+
+/// The 4-value sums `w_j · g` of 8 rows (`w` from [`values`], `g` a broadcast activation
+/// group), as `i16` pairs.
+#[inline(always)]
+fn pairs<const F: u8>(w: __m256i, g: __m256i) -> __m256i {
+    // SAFETY: only called from functions compiled with AVX2.
+    unsafe {
+        if Fmt::<F>::Q8 {
+            // `|w| · sign(g, w)`: `|w| ≤ 128`, `|g| ≤ 127`, so the pairs cannot saturate.
+            _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(g, w))
+        } else {
+            _mm256_maddubs_epi16(w, g)
+        }
+    }
+}
+
+/// The broadcast 4-byte activation group `j` of `x`.
+#[inline(always)]
+fn group(x: &BlockQ8s, j: usize) -> __m256i {
+    // SAFETY: 4 bytes at `4j` of the 32 quants; only called from functions compiled with AVX2.
+    unsafe { _mm256_set1_epi32(x.qs.as_ptr().add(4 * j).cast::<i32>().read_unaligned()) }
+}
+
+/// Rows `8h..8h+8` of a tile against one token's activations `x`, in llama.cpp's order
+/// (`ggml_vec_dot_q4_1_q8_1` and its siblings, AVX2 build): per row, eight 4-value integer sums
+/// per block (offsets taken off in integers), each scaled and accumulated in its own lane
+/// across the blocks, the lanes folded as `hsum_float_8` folds them, then the separately
+/// accumulated minimum term added.
+///
+/// # Safety
+/// AVX2, FMA, F16C; `tile` holds `nb` block columns of format `F`, `x` `nb` activation blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_x<const F: u8>(
+    tile: *const u8,
+    nb: usize,
+    x: *const BlockQ8s,
+    h: usize,
+    ahead: Ahead,
+) -> __m256 {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut summ = _mm256_setzero_ps();
+    for b in 0..nb {
+        // SAFETY: column `b` and activation block `b` lie inside what the caller guarantees.
+        unsafe {
+            let col = tile.add(b * Fmt::<F>::BYTES);
+            prefetch(ahead, b, col, Fmt::<F>::BYTES);
+            let x = &*x.add(b);
+            let wv = values::<F>(col, h);
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(col.add(16 * h).cast()));
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
+            for (j, &w) in wv.iter().enumerate() {
+                let mut s = _mm256_madd_epi16(pairs::<F>(w, group(x, j)), ones);
+                if !Fmt::<F>::MIN && !Fmt::<F>::Q8 {
+                    // `-offset · Σ` of the group's activations (`c4`, scaled by the dispatch).
+                    s = _mm256_add_epi32(s, _mm256_set1_epi32(x.c4[j]));
+                }
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[j]);
+            }
+            if Fmt::<F>::MIN {
+                let m = _mm256_cvtph_ps(_mm_loadu_si128(col.add(Fmt::<F>::M_AT + 16 * h).cast()));
+                summ = _mm256_fmadd_ps(m, _mm256_set1_ps(x.s), summ);
+            }
+        }
+    }
+    let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+    let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+    let r = _mm256_add_ps(lo, hi);
+    if Fmt::<F>::MIN {
+        _mm256_add_ps(r, summ)
+    } else {
+        r
+    }
+}
+
+/// Rows `8h..8h+8` of a tile against `T` tokens (`x`, `arow` bytes apart) in ward's own order
+/// (`WARD_NUMERICS=fast`): each block's 32-value sum in integers, scaled once, the minimum
+/// (or offset) term fused in. 4-bit pairs are at most `2 · 15 · 127`, so eight of them add up
+/// in 16 bits; 5-bit ones four at a time; `Q8_0` ones go to 32 bits one by one.
+///
+/// # Safety
+/// As [`half_x`], for `T` tokens.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_fast<const T: usize, const F: u8>(
+    tile: *const u8,
+    nb: usize,
+    x: *const u8,
+    arow: usize,
+    h: usize,
+    ahead: Ahead,
+) -> [__m256; T] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        // SAFETY: column `b` and each token's block `b` lie inside what the caller guarantees.
+        unsafe {
+            let col = tile.add(b * Fmt::<F>::BYTES);
+            prefetch(ahead, b, col, Fmt::<F>::BYTES);
+            let wv = values::<F>(col, h);
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(col.add(16 * h).cast()));
+            let c = if Fmt::<F>::MIN {
+                _mm256_cvtph_ps(_mm_loadu_si128(col.add(Fmt::<F>::M_AT + 16 * h).cast()))
+            } else {
+                _mm256_mul_ps(dw, _mm256_set1_ps(-Fmt::<F>::OFFSET))
+            };
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let x = &*x.add(t * arow + b * XB).cast::<BlockQ8s>();
+                let p = |j: usize| pairs::<F>(wv[j], group(x, j));
+                let s = if Fmt::<F>::Q8 {
+                    let mut s = _mm256_madd_epi16(p(0), ones);
+                    for j in 1..8 {
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p(j), ones));
+                    }
+                    s
+                } else if Fmt::<F>::Q5 {
+                    let q = |j0: usize| {
+                        let s = _mm256_add_epi16(p(j0), p(j0 + 1));
+                        _mm256_add_epi16(s, _mm256_add_epi16(p(j0 + 2), p(j0 + 3)))
+                    };
+                    _mm256_add_epi32(_mm256_madd_epi16(q(0), ones), _mm256_madd_epi16(q(4), ones))
+                } else {
+                    let s = [0, 2, 4, 6].map(|j| _mm256_add_epi16(p(j), p(j + 1)));
+                    let s = _mm256_add_epi16(
+                        _mm256_add_epi16(s[0], s[1]),
+                        _mm256_add_epi16(s[2], s[3]),
+                    );
+                    _mm256_madd_epi16(s, ones)
+                };
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, *acc);
+                if !Fmt::<F>::Q8 {
+                    // `Q8_0`'s values are signed here: no offset to take off.
+                    *acc = _mm256_fmadd_ps(c, _mm256_set1_ps(x.s), *acc);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// One format's passes over a tile: two halves × the tokens, one token a pass in llama.cpp's
+/// order, up to four in ward's.
+///
+/// # Safety
+/// AVX2, FMA, F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn passes<const F: u8>(
+    lay: &Layout,
+    tile: &[u8],
+    a: &[u8],
+    arow: usize,
+    next: isize,
+    out: &mut [[f32; R]],
+) {
+    let n = out.len();
+    let nb = Fmt::<F>::columns(lay, tile, a, arow, n);
+    let later = isa::prefetch_in_later_passes();
+    let fast = numerics() == Numerics::Fast;
+    let per = if fast { 4 } else { 1 };
+    let passes = 2 * n.div_ceil(per);
+    let mut pass = 0;
+    for h in 0..2 {
+        for (c, o) in out.chunks_mut(per).enumerate() {
+            let ahead = Ahead::of_pass(next, pass, passes, later);
+            pass += 1;
+            let x = a[c * per * arow..].as_ptr();
+            // SAFETY: lengths asserted by `columns`; same features.
+            unsafe {
+                if !fast {
+                    let r = half_x::<F>(tile.as_ptr(), nb, x.cast(), h, ahead);
+                    _mm256_storeu_ps(o[0].as_mut_ptr().add(8 * h), r);
+                    continue;
+                }
+                let p = tile.as_ptr();
+                macro_rules! run {
+                    ($t:literal) => {{
+                        let r = half_fast::<$t, F>(p, nb, x, arow, h, ahead);
+                        for (o, r) in o.iter_mut().zip(r) {
+                            _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), r);
+                        }
+                    }};
+                }
+                match o.len() {
+                    1 => run!(1),
+                    2 => run!(2),
+                    3 => run!(3),
+                    _ => run!(4),
+                }
+            }
+        }
+    }
+}
+
+/// The packed tile kernel for the 32-wide formats (`packed_matmul::TileFn`; K-quant tiles go
+/// to the portable kernel, see the module docs).
+///
+/// # Safety
+/// Requires AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile(
+    lay: &Layout,
+    tile: &[u8],
+    a: &[u8],
+    arow: usize,
+    _gemm: usize,
+    next: isize,
+    out: &mut [[f32; R]],
+) {
+    assert!(!lay.kquant, "AVX2 packed kernel: 32-wide formats only");
+    // SAFETY: same features.
+    unsafe {
+        match fmt_of(lay) {
+            Q4_0 => passes::<Q4_0>(lay, tile, a, arow, next, out),
+            Q4_1 => passes::<Q4_1>(lay, tile, a, arow, next, out),
+            Q5_0 => passes::<Q5_0>(lay, tile, a, arow, next, out),
+            Q5_1 => passes::<Q5_1>(lay, tile, a, arow, next, out),
+            Q8_0 => passes::<Q8_0>(lay, tile, a, arow, next, out),
+            f => unreachable!("format {f}"),
+        }
+    }
+}
