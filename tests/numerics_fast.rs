@@ -43,7 +43,7 @@ fn fast_order_agrees_with_the_unpacked_kernels() {
         let data = matrix(dtype, rows, cols);
         let w = QMatrix::new(dtype, rows, cols, &data).unwrap();
         let Some(p) = PackedMatrix::new(&w) else {
-            return; // no AVX-512 VNNI: nothing packed to test
+            return; // no packed kernel on this CPU: nothing to test
         };
         for n in [1usize, 3, 8, 19] {
             let x: Vec<f32> = bytes(n * cols, n as u64)

@@ -403,7 +403,7 @@ fn packing_releases_the_source_in_order_and_packs_the_same() {
     let w = QMatrix::new(GgmlDType::Q8_0, rows, cols, &bytes).unwrap();
     let mut seen = Vec::new();
     let Some(p) = PackedMatrix::new_releasing(&w, |r| seen.push(r)) else {
-        return; // no AVX-512 VNNI: nothing is packed
+        return; // no packed kernel on this CPU
     };
     assert!(seen.len() > 1, "{seen:?}");
     assert_eq!(seen[0].start, 0);
@@ -443,7 +443,7 @@ fn batches_give_each_token_its_own_bits() {
         let (bytes, _) = via_candle::<T>(&mut rng, rows, cols);
         let w = QMatrix::new(dtype, rows, cols, &bytes).unwrap();
         let Some(p) = PackedMatrix::pack(&w) else {
-            return; // no AVX-512 VNNI: nothing is packed
+            return; // a format without a packed kernel
         };
         let x = randn(&mut rng, n * cols);
         for k in [2, 3, 5, 8] {
@@ -468,6 +468,36 @@ fn batches_give_each_token_its_own_bits() {
     one::<ck::BlockQ8_0>(GgmlDType::Q8_0);
 }
 
+/// On AVX2, the packed 32-wide kernels sum in the row kernels' order (llama.cpp's AVX2 order:
+/// eight lanes of 4-value sums per row, folded as `hsum_float_8`): the same bits for every
+/// format and batch size, the batches whose passes share the unpacked weights included.
+#[test]
+fn avx2_packed_kernels_give_the_row_kernels_bits() {
+    if !isa::available().contains(&Isa::Avx2) || isa::numerics() != isa::Numerics::Reference {
+        return;
+    }
+    fn one<T: GgmlType>(dtype: GgmlDType) {
+        let mut rng = StdRng::seed_from_u64(0xa2 ^ dtype as u64);
+        let (rows, cols) = (37, 640);
+        let (bytes, _) = via_candle::<T>(&mut rng, rows, cols);
+        let w = QMatrix::new(dtype, rows, cols, &bytes).unwrap();
+        let p = PackedMatrix::pack(&w).expect("a 32-wide format");
+        for n in [1, 2, 3, 8, 11] {
+            let x = randn(&mut rng, n * cols);
+            let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+            matmul_isa(&w, &x, n, &mut a, Isa::Avx2);
+            packed_matmul::matmul_packed_isa(&p, &x, n, &mut b, Isa::Avx2);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "{dtype:?} {n} tokens");
+        }
+    }
+    one::<ck::BlockQ4_0>(GgmlDType::Q4_0);
+    one::<ck::BlockQ4_1>(GgmlDType::Q4_1);
+    one::<ck::BlockQ5_0>(GgmlDType::Q5_0);
+    one::<ck::BlockQ5_1>(GgmlDType::Q5_1);
+    one::<ck::BlockQ8_0>(GgmlDType::Q8_0);
+}
+
 /// A `Q6_K` batch of 8 or more tokens takes llama.cpp's tiled order, 4 tokens a pass, the
 /// later passes loading the weights the first unpacked: a token gets the same bits in the
 /// first pass as in a later one.
@@ -478,7 +508,7 @@ fn packed_q6k_batches_give_a_token_the_same_bits_in_any_pass() {
     let (bytes, _) = via_candle::<ck::BlockQ6K>(&mut rng, rows, cols);
     let w = QMatrix::new(GgmlDType::Q6K, rows, cols, &bytes).unwrap();
     let Some(p) = PackedMatrix::pack(&w) else {
-        return; // no AVX-512 VNNI: nothing is packed
+        return; // a format without a packed kernel
     };
     for n in [8, 12] {
         let x = randn(&mut rng, n * cols);

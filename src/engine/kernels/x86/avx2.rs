@@ -152,7 +152,8 @@ unsafe fn legacy<const T: usize>(
             let q = _mm256_xor_si256(q, flip);
             let s = sum4(aw, _mm256_sign_epi8(q, blk.w));
             acc[t] = _mm256_fmadd_ps(s, _mm256_set1_ps(blk.d * x.d[8 * h]), acc[t]);
-            accm[t] += blk.m * x.s[8 * h];
+            // Fused, as llama.cpp's build contracts `summs += m * s`.
+            accm[t] = blk.m.mul_add(x.s[8 * h], accm[t]);
         }
     }
     for t in 0..T {

@@ -14,45 +14,58 @@ use super::super::blocks::BlockQ8s;
 use super::super::isa::{self, Numerics, numerics};
 use super::super::packed::{Layout, R};
 use super::avx2::bit16;
-use super::packed_fmt::{Ahead, Fmt, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, XB, fmt_of, prefetch};
+use super::packed_fmt::{
+    Ahead, DIRECT, FILL, Fmt, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, READ, XB, fmt_of, prefetch,
+};
 use std::arch::x86_64::*;
 
-/// The eight weight vectors (4-value groups `j = 0..8`) of rows `8h..8h+8` of one block
+/// The weight vectors of 4-value groups `2g` and `2g + 1` of rows `8h..8h+8` of one block
 /// column: unsigned values (with the fifth bit for the 5-bit formats), except `Q8_0`, whose
 /// values come back signed (`vpmaddubsw` would saturate on `q + 128`).
 ///
 /// # Safety
-/// AVX2; `col` points at one whole block column of format `F`, `h < 2`.
+/// AVX2; `col` points at one whole block column of format `F`, `h < 2`, `g < 4`.
 #[inline(always)]
-unsafe fn values<const F: u8>(col: *const u8, h: usize) -> [__m256i; 8] {
+unsafe fn group_pair<const F: u8>(col: *const u8, h: usize, g: usize) -> [__m256i; 2] {
     // SAFETY: as the caller guarantees; offsets follow `Fmt<F>`.
     unsafe {
         let v = col.add(Fmt::<F>::VALUES_AT + 32 * h);
         if Fmt::<F>::Q8 {
             let flip = _mm256_set1_epi8(0x80u8 as i8);
-            return std::array::from_fn(|j| {
-                _mm256_xor_si256(_mm256_loadu_si256(v.add(64 * j).cast()), flip)
-            });
+            let w = |j: usize| _mm256_xor_si256(_mm256_loadu_si256(v.add(64 * j).cast()), flip);
+            return [w(2 * g), w(2 * g + 1)];
         }
         let m4 = _mm256_set1_epi8(0x0F);
-        let mut wv = [_mm256_setzero_si256(); 8];
-        for g in 0..4 {
-            let q = _mm256_loadu_si256(v.add(64 * g).cast());
-            wv[2 * g] = _mm256_and_si256(q, m4);
-            wv[2 * g + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-        }
+        let q = _mm256_loadu_si256(v.add(64 * g).cast());
+        let mut w = [
+            _mm256_and_si256(q, m4),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4),
+        ];
         if Fmt::<F>::Q5 {
-            for (j, w) in wv.iter_mut().enumerate() {
+            for (k, w) in w.iter_mut().enumerate() {
                 // Bits `32h..32h+32` of mask `j`: byte `4r + i` of this half.
-                let k = col
+                let j = 2 * g + k;
+                let m = col
                     .add(Fmt::<F>::MASKS_AT + 8 * j + 4 * h)
                     .cast::<u32>()
                     .read_unaligned();
-                *w = _mm256_or_si256(*w, bit16(k));
+                *w = _mm256_or_si256(*w, bit16(m));
             }
         }
-        wv
+        w
     }
+}
+
+/// The eight weight vectors (4-value groups `j = 0..8`) of rows `8h..8h+8` of one block
+/// column ([`group_pair`] for each pair).
+///
+/// # Safety
+/// As [`group_pair`].
+#[inline(always)]
+unsafe fn values<const F: u8>(col: *const u8, h: usize) -> [__m256i; 8] {
+    // SAFETY: as the caller guarantees.
+    let p: [[__m256i; 2]; 4] = std::array::from_fn(|g| unsafe { group_pair::<F>(col, h, g) });
+    std::array::from_fn(|j| p[j / 2][j % 2])
 }
 
 /// The 4-value sums `w_j · g` of 8 rows (`w` from [`values`], `g` a broadcast activation
@@ -77,6 +90,39 @@ fn group(x: &BlockQ8s, j: usize) -> __m256i {
     unsafe { _mm256_set1_epi32(x.qs.as_ptr().add(4 * j).cast::<i32>().read_unaligned()) }
 }
 
+thread_local! {
+    /// The unpacked weight vectors of the tile half that a batch's passes share.
+    static UNPACKED: std::cell::RefCell<Vec<__m256i>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The weight vectors of groups `2g`, `2g + 1` in cache mode `C`: unpacked from `col` (and,
+/// filling, stored at `at`), or loaded from `at` where an earlier pass stored them. One pair
+/// at a time, so that few are live beside the accumulators.
+///
+/// # Safety
+/// As [`group_pair`]; unless `C == DIRECT`, `at` points at the pair's 2 vectors of the buffer
+/// [`UNPACKED`] lends.
+#[inline(always)]
+unsafe fn cached_pair<const F: u8, const C: u8>(
+    col: *const u8,
+    h: usize,
+    g: usize,
+    at: *mut __m256i,
+) -> [__m256i; 2] {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        if C == READ {
+            return [_mm256_load_si256(at), _mm256_load_si256(at.add(1))];
+        }
+        let w = group_pair::<F>(col, h, g);
+        if C == FILL {
+            _mm256_store_si256(at, w[0]);
+            _mm256_store_si256(at.add(1), w[1]);
+        }
+        w
+    }
+}
+
 /// Rows `8h..8h+8` of a tile against one token's activations `x`, in llama.cpp's order
 /// (`ggml_vec_dot_q4_1_q8_1` and its siblings, AVX2 build): per row, eight 4-value integer sums
 /// per block (offsets taken off in integers), each scaled and accumulated in its own lane
@@ -84,15 +130,17 @@ fn group(x: &BlockQ8s, j: usize) -> __m256i {
 /// accumulated minimum term added.
 ///
 /// # Safety
-/// AVX2, FMA, F16C; `tile` holds `nb` block columns of format `F`, `x` `nb` activation blocks.
+/// AVX2, FMA, F16C; `tile` holds `nb` block columns of format `F`, `x` `nb` activation blocks;
+/// unless `C == DIRECT`, `cache` holds `8 * nb` vectors.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn half_x<const F: u8>(
+unsafe fn half_x<const F: u8, const C: u8>(
     tile: *const u8,
     nb: usize,
     x: *const BlockQ8s,
     h: usize,
     ahead: Ahead,
+    cache: *mut __m256i,
 ) -> __m256 {
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); 8];
@@ -103,16 +151,21 @@ unsafe fn half_x<const F: u8>(
             let col = tile.add(b * Fmt::<F>::BYTES);
             prefetch(ahead, b, col, Fmt::<F>::BYTES);
             let x = &*x.add(b);
-            let wv = values::<F>(col, h);
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(col.add(16 * h).cast()));
             let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
-            for (j, &w) in wv.iter().enumerate() {
-                let mut s = _mm256_madd_epi16(pairs::<F>(w, group(x, j)), ones);
-                if !Fmt::<F>::MIN && !Fmt::<F>::Q8 {
-                    // `-offset · Σ` of the group's activations (`c4`, scaled by the dispatch).
-                    s = _mm256_add_epi32(s, _mm256_set1_epi32(x.c4[j]));
+            for g in 0..4 {
+                let at = cache.wrapping_add(8 * b + 2 * g);
+                let wp = cached_pair::<F, C>(col, h, g, at);
+                for (k, &w) in wp.iter().enumerate() {
+                    let j = 2 * g + k;
+                    let mut s = _mm256_madd_epi16(pairs::<F>(w, group(x, j)), ones);
+                    if !Fmt::<F>::MIN && !Fmt::<F>::Q8 {
+                        // `-offset · Σ` of the group's activations (`c4`, scaled by the
+                        // dispatch).
+                        s = _mm256_add_epi32(s, _mm256_set1_epi32(x.c4[j]));
+                    }
+                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[j]);
                 }
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[j]);
             }
             if Fmt::<F>::MIN {
                 let m = _mm256_cvtph_ps(_mm_loadu_si128(col.add(Fmt::<F>::M_AT + 16 * h).cast()));
@@ -217,6 +270,33 @@ unsafe fn passes<const F: u8>(
     let fast = numerics() == Numerics::Fast;
     let per = if fast { 4 } else { 1 };
     let passes = 2 * n.div_ceil(per);
+    if !fast && n > 1 && !Fmt::<F>::Q8 {
+        // Several tokens: the first pass over each half stores the weight vectors it unpacks,
+        // the others load them.
+        return UNPACKED.with_borrow_mut(|buf| {
+            // SAFETY: an all-zero vector is a valid `__m256i`.
+            buf.resize(8 * nb, unsafe { std::mem::zeroed() });
+            let cache = buf.as_mut_ptr();
+            for h in 0..2 {
+                for (t, o) in out.iter_mut().enumerate() {
+                    let ahead = Ahead::of_pass(next, h * n + t, passes, later);
+                    let x = a[t * arow..].as_ptr().cast();
+                    let p = tile.as_ptr();
+                    // SAFETY: lengths asserted by `columns`; `cache` holds `8 * nb` vectors;
+                    // same features.
+                    let r = unsafe {
+                        if t == 0 {
+                            half_x::<F, FILL>(p, nb, x, h, ahead, cache)
+                        } else {
+                            half_x::<F, READ>(p, nb, x, h, ahead, cache)
+                        }
+                    };
+                    // SAFETY: 8 floats from `8h` of the 16.
+                    unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), r) };
+                }
+            }
+        });
+    }
     let mut pass = 0;
     for h in 0..2 {
         for (c, o) in out.chunks_mut(per).enumerate() {
@@ -226,7 +306,8 @@ unsafe fn passes<const F: u8>(
             // SAFETY: lengths asserted by `columns`; same features.
             unsafe {
                 if !fast {
-                    let r = half_x::<F>(tile.as_ptr(), nb, x.cast(), h, ahead);
+                    let null = std::ptr::null_mut();
+                    let r = half_x::<F, DIRECT>(tile.as_ptr(), nb, x.cast(), h, ahead, null);
                     _mm256_storeu_ps(o[0].as_mut_ptr().add(8 * h), r);
                     continue;
                 }

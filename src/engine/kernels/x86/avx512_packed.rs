@@ -7,7 +7,9 @@ use super::super::blocks::BlockQ8s;
 use super::super::isa::{self, Numerics, numerics, unpack_4bit_once};
 use super::super::packed::{Layout, R};
 use super::avx512_packed_k::{tile_k, tile_q6, tile_q6_tiled};
-use super::packed_fmt::{Ahead, Fmt, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, XB, fmt_of, prefetch};
+use super::packed_fmt::{
+    Ahead, DIRECT, FILL, Fmt, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, READ, XB, fmt_of, prefetch,
+};
 use std::arch::x86_64::*;
 
 /// The eight vectors of 4-value groups of one block column.
@@ -45,12 +47,6 @@ unsafe fn values32<const F: u8>(col: *const u8) -> [__m512i; 8] {
         wv
     }
 }
-
-/// How a [`tile_x`] pass gets a block column's weight vectors: unpacked from the tile, the
-/// same and also stored to the cache, or loaded from the cache a previous pass filled.
-pub(super) const DIRECT: u8 = 0;
-const FILL: u8 = 1;
-const READ: u8 = 2;
 
 thread_local! {
     /// The unpacked weight vectors of the tile a batch's passes share (see [`tile`]).

@@ -64,6 +64,13 @@ pub(super) fn prefetch(ahead: Ahead, b: usize, col: *const u8, bytes: usize) {
     }
 }
 
+/// How a tile kernel's pass gets a block column's weight vectors: unpacked from the tile, the
+/// same and also stored to a per-thread cache, or loaded from the cache a previous pass of the
+/// same batch filled.
+pub(super) const DIRECT: u8 = 0;
+pub(super) const FILL: u8 = 1;
+pub(super) const READ: u8 = 2;
+
 /// Bytes of one activation block.
 pub(super) const XB: usize = std::mem::size_of::<BlockQ8s>();
 
