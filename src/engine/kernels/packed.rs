@@ -14,7 +14,10 @@
 //! `Q5_0`/`Q5_1`), then the values as unsigned bytes (`Q8_0`: `q + 128`; 512 bytes) or nibbles
 //! (256 bytes). Value `k` of row `r` sits in the 4-byte group `(k / 4) * 16 + r` of the byte
 //! array; for nibbles, group `j` is the low (even `j`) or high (odd `j`) nibble of byte group
-//! `(j / 2) * 16 + r`, and its fifth bits are bits `4r..4r+4` of mask `j`.
+//! `(j / 2) * 16 + r`, and its fifth bits are bits `4r..4r+4` of mask `j`. Packed for AVX2
+//! ([`Layout::high_bytes`]), the same 64 bytes hold the fifth bits as bytes instead: bit `j`
+//! of byte `32 (r / 8) + 4 (r % 8) + i` is the fifth bit of value `4j + i` of row `r`, so that
+//! a 16-bit shift and a mask put a group's bits in place for 8 rows.
 
 use super::blocks::f16_le;
 use super::isa::{self, Isa};
@@ -33,6 +36,8 @@ pub struct PackedMatrix {
     pub dtype: GgmlDType,
     pub rows: usize,
     pub cols: usize,
+    /// See [`Layout::high_bytes`].
+    high_bytes: bool,
     data: Vec<Line>,
 }
 
@@ -54,6 +59,9 @@ pub struct Layout {
     pub bytes: usize,
     /// Value offset: `w = d (v - offset)` (or `d v + m` with a min).
     pub offset: f32,
+    /// 32-wide 5-bit formats: the fifth bits as bytes (for AVX2) rather than as one `u64` mask
+    /// per 4-value group (for AVX-512); see the module docs. [`Layout::of`] gives the masks.
+    pub high_bytes: bool,
 }
 
 impl Layout {
@@ -73,6 +81,7 @@ impl Layout {
                 values_at: v,
                 bytes: q6,
                 offset: 32.0,
+                high_bytes: false,
             });
         }
         if matches!(dtype, Q4K | Q5K) {
@@ -88,6 +97,7 @@ impl Layout {
                 values_at: packed_k::values_at(q5),
                 bytes: packed_k::column_bytes(q5),
                 offset: 0.0,
+                high_bytes: false,
             });
         }
         let (min, q5, offset) = match dtype {
@@ -117,6 +127,7 @@ impl Layout {
             values_at,
             bytes: values_at + values,
             offset,
+            high_bytes: false,
         })
     }
 }
@@ -178,12 +189,21 @@ pub fn value(lay: &Layout, col: &[u8], r: usize, k: usize) -> u8 {
     } else {
         byte >> 4
     };
-    if lay.q5 {
+    if lay.q5 && lay.high_bytes {
+        v |= ((col[high_byte(lay, r, k)] >> j) & 1) << 4;
+    } else if lay.q5 {
         let at = lay.masks_at + 8 * j;
         let mask = u64::from_le_bytes(col[at..at + 8].try_into().expect("8 bytes"));
         v |= (((mask >> (4 * r + k % 4)) & 1) as u8) << 4;
     }
     v
+}
+
+/// The byte of a [`Layout::high_bytes`] column that holds the fifth bit of value `k` of row `r`
+/// (as its bit `k / 4`).
+#[inline(always)]
+fn high_byte(lay: &Layout, r: usize, k: usize) -> usize {
+    lay.masks_at + 32 * (r / 8) + 4 * (r % 8) + k % 4
 }
 
 impl PackedMatrix {
@@ -211,11 +231,30 @@ impl PackedMatrix {
         Self::pack_releasing(w, |_| {})
     }
 
+    /// [`Self::pack`] with the fifth bits laid out as asked (`Layout::high_bytes`).
+    #[cfg(test)]
+    pub(crate) fn pack_high(w: &QMatrix, high_bytes: bool) -> Option<PackedMatrix> {
+        Self::pack_as(w, high_bytes, |_| {})
+    }
+
     fn pack_releasing(
         w: &QMatrix,
+        done: impl FnMut(std::ops::Range<usize>),
+    ) -> Option<PackedMatrix> {
+        // AVX2 kernels read the fifth bits as bytes, AVX-512 ones as masks.
+        Self::pack_as(w, isa::get() == Isa::Avx2, done)
+    }
+
+    fn pack_as(
+        w: &QMatrix,
+        high_bytes: bool,
         mut done: impl FnMut(std::ops::Range<usize>),
     ) -> Option<PackedMatrix> {
         let lay = Layout::of(w.dtype)?;
+        let lay = Layout {
+            high_bytes: high_bytes && lay.q5 && !lay.kquant,
+            ..lay
+        };
         let nb = w.cols / lay.block;
         let tiles = w.rows.div_ceil(R);
         let tile_bytes = nb * lay.bytes;
@@ -243,6 +282,7 @@ impl PackedMatrix {
             dtype: w.dtype,
             rows: w.rows,
             cols: w.cols,
+            high_bytes: lay.high_bytes,
             data,
         })
     }
@@ -254,7 +294,10 @@ impl PackedMatrix {
 
     /// The block-column layout of the tiles.
     pub(super) fn layout(&self) -> Layout {
-        Layout::of(self.dtype).expect("packed formats only")
+        Layout {
+            high_bytes: self.high_bytes,
+            ..Layout::of(self.dtype).expect("packed formats only")
+        }
     }
 
     /// The bytes of row tile `t` (rows `16t..16t+16`).
@@ -361,7 +404,9 @@ fn pack_tile(w: &QMatrix, lay: &Layout, t: usize, tile: &mut [u8]) {
                 let j = k / 4;
                 let at = lay.values_at + (j / 2) * 64 + r * 4 + k % 4;
                 col[at] |= (v & 0xF) << (4 * (j % 2));
-                if lay.q5 && v >= 16 {
+                if lay.q5 && v >= 16 && lay.high_bytes {
+                    col[high_byte(lay, r, k)] |= 1 << j;
+                } else if lay.q5 && v >= 16 {
                     let bit = 4 * r + k % 4;
                     col[lay.masks_at + 8 * j + bit / 8] |= 1 << (bit % 8);
                 }

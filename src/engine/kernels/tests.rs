@@ -498,6 +498,45 @@ fn avx2_packed_kernels_give_the_row_kernels_bits() {
     one::<ck::BlockQ8_0>(GgmlDType::Q8_0);
 }
 
+/// The 5-bit formats' fifth bits as `u64` masks (AVX-512) or as bytes (AVX2) hold the same
+/// values, and every kernel that reads both layouts gives the same bits from either.
+#[test]
+fn fifth_bits_as_masks_or_bytes_give_the_same_products() {
+    fn one<T: GgmlType>(dtype: GgmlDType) {
+        let mut rng = StdRng::seed_from_u64(0x5b ^ dtype as u64);
+        let (rows, cols) = (21, 576);
+        let (bytes, _) = via_candle::<T>(&mut rng, rows, cols);
+        let w = QMatrix::new(dtype, rows, cols, &bytes).unwrap();
+        let (m, b) = (
+            PackedMatrix::pack_high(&w, false).unwrap(),
+            PackedMatrix::pack_high(&w, true).unwrap(),
+        );
+        assert!(!m.layout().high_bytes && b.layout().high_bytes);
+        let (mut rm, mut rb) = (vec![0f32; cols], vec![0f32; cols]);
+        for r in 0..rows {
+            m.dequantize_row(r, &mut rm);
+            b.dequantize_row(r, &mut rb);
+            assert_eq!(rm, rb, "{dtype:?} row {r}");
+        }
+        let both: Vec<Isa> = isa::available()
+            .into_iter()
+            .filter(|&i| i <= Isa::Avx2)
+            .collect();
+        for n in [1, 3, 8] {
+            let x = randn(&mut rng, n * cols);
+            for &is in &both {
+                let (mut a, mut c) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+                packed_matmul::matmul_packed_isa(&m, &x, n, &mut a, is);
+                packed_matmul::matmul_packed_isa(&b, &x, n, &mut c, is);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&c), "{dtype:?} {is:?} {n} tokens");
+            }
+        }
+    }
+    one::<ck::BlockQ5_0>(GgmlDType::Q5_0);
+    one::<ck::BlockQ5_1>(GgmlDType::Q5_1);
+}
+
 /// A `Q6_K` batch of 8 or more tokens takes llama.cpp's tiled order, 4 tokens a pass, the
 /// later passes loading the weights the first unpacked: a token gets the same bits in the
 /// first pass as in a later one.

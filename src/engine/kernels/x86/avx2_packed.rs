@@ -26,7 +26,11 @@ use std::arch::x86_64::*;
 /// # Safety
 /// AVX2; `col` points at one whole block column of format `F`, `h < 2`, `g < 4`.
 #[inline(always)]
-unsafe fn group_pair<const F: u8>(col: *const u8, h: usize, g: usize) -> [__m256i; 2] {
+unsafe fn group_pair<const F: u8, const HB: bool>(
+    col: *const u8,
+    h: usize,
+    g: usize,
+) -> [__m256i; 2] {
     // SAFETY: as the caller guarantees; offsets follow `Fmt<F>`.
     unsafe {
         let v = col.add(Fmt::<F>::VALUES_AT + 32 * h);
@@ -41,7 +45,26 @@ unsafe fn group_pair<const F: u8>(col: *const u8, h: usize, g: usize) -> [__m256
             _mm256_and_si256(q, m4),
             _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4),
         ];
-        if Fmt::<F>::Q5 {
+        if Fmt::<F>::Q5 && HB {
+            // Bit `j` of each byte of this half's 32 (`packed::Layout::high_bytes`) moved to
+            // bit 4 by a 16-bit shift: bits crossing from the neighbouring byte land outside
+            // bit 4, and the mask drops them.
+            let hb = _mm256_loadu_si256(col.add(Fmt::<F>::MASKS_AT + 32 * h).cast());
+            let k10 = _mm256_set1_epi8(0x10);
+            for (k, w) in w.iter_mut().enumerate() {
+                let b = match 2 * g + k {
+                    0 => _mm256_slli_epi16::<4>(hb),
+                    1 => _mm256_slli_epi16::<3>(hb),
+                    2 => _mm256_slli_epi16::<2>(hb),
+                    3 => _mm256_slli_epi16::<1>(hb),
+                    4 => hb,
+                    5 => _mm256_srli_epi16::<1>(hb),
+                    6 => _mm256_srli_epi16::<2>(hb),
+                    _ => _mm256_srli_epi16::<3>(hb),
+                };
+                *w = _mm256_or_si256(*w, _mm256_and_si256(b, k10));
+            }
+        } else if Fmt::<F>::Q5 {
             for (k, w) in w.iter_mut().enumerate() {
                 // Bits `32h..32h+32` of mask `j`: byte `4r + i` of this half.
                 let j = 2 * g + k;
@@ -62,9 +85,9 @@ unsafe fn group_pair<const F: u8>(col: *const u8, h: usize, g: usize) -> [__m256
 /// # Safety
 /// As [`group_pair`].
 #[inline(always)]
-unsafe fn values<const F: u8>(col: *const u8, h: usize) -> [__m256i; 8] {
+unsafe fn values<const F: u8, const HB: bool>(col: *const u8, h: usize) -> [__m256i; 8] {
     // SAFETY: as the caller guarantees.
-    let p: [[__m256i; 2]; 4] = std::array::from_fn(|g| unsafe { group_pair::<F>(col, h, g) });
+    let p: [[__m256i; 2]; 4] = std::array::from_fn(|g| unsafe { group_pair::<F, HB>(col, h, g) });
     std::array::from_fn(|j| p[j / 2][j % 2])
 }
 
@@ -103,7 +126,7 @@ thread_local! {
 /// As [`group_pair`]; unless `C == DIRECT`, `at` points at the pair's 2 vectors of the buffer
 /// [`UNPACKED`] lends.
 #[inline(always)]
-unsafe fn cached_pair<const F: u8, const C: u8>(
+unsafe fn cached_pair<const F: u8, const HB: bool, const C: u8>(
     col: *const u8,
     h: usize,
     g: usize,
@@ -114,7 +137,7 @@ unsafe fn cached_pair<const F: u8, const C: u8>(
         if C == READ {
             return [_mm256_load_si256(at), _mm256_load_si256(at.add(1))];
         }
-        let w = group_pair::<F>(col, h, g);
+        let w = group_pair::<F, HB>(col, h, g);
         if C == FILL {
             _mm256_store_si256(at, w[0]);
             _mm256_store_si256(at.add(1), w[1]);
@@ -134,7 +157,7 @@ unsafe fn cached_pair<const F: u8, const C: u8>(
 /// unless `C == DIRECT`, `cache` holds `8 * nb` vectors.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn half_x<const F: u8, const C: u8>(
+unsafe fn half_x<const F: u8, const HB: bool, const C: u8>(
     tile: *const u8,
     nb: usize,
     x: *const BlockQ8s,
@@ -155,7 +178,7 @@ unsafe fn half_x<const F: u8, const C: u8>(
             let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
             for g in 0..4 {
                 let at = cache.wrapping_add(8 * b + 2 * g);
-                let wp = cached_pair::<F, C>(col, h, g, at);
+                let wp = cached_pair::<F, HB, C>(col, h, g, at);
                 for (k, &w) in wp.iter().enumerate() {
                     let j = 2 * g + k;
                     let mut s = _mm256_madd_epi16(pairs::<F>(w, group(x, j)), ones);
@@ -192,7 +215,7 @@ unsafe fn half_x<const F: u8, const C: u8>(
 /// As [`half_x`], for `T` tokens.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn half_fast<const T: usize, const F: u8>(
+unsafe fn half_fast<const T: usize, const F: u8, const HB: bool>(
     tile: *const u8,
     nb: usize,
     x: *const u8,
@@ -207,7 +230,7 @@ unsafe fn half_fast<const T: usize, const F: u8>(
         unsafe {
             let col = tile.add(b * Fmt::<F>::BYTES);
             prefetch(ahead, b, col, Fmt::<F>::BYTES);
-            let wv = values::<F>(col, h);
+            let wv = values::<F, HB>(col, h);
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(col.add(16 * h).cast()));
             let c = if Fmt::<F>::MIN {
                 _mm256_cvtph_ps(_mm_loadu_si128(col.add(Fmt::<F>::M_AT + 16 * h).cast()))
@@ -256,7 +279,7 @@ unsafe fn half_fast<const T: usize, const F: u8>(
 /// AVX2, FMA, F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn passes<const F: u8>(
+unsafe fn passes<const F: u8, const HB: bool>(
     lay: &Layout,
     tile: &[u8],
     a: &[u8],
@@ -286,9 +309,9 @@ unsafe fn passes<const F: u8>(
                     // same features.
                     let r = unsafe {
                         if t == 0 {
-                            half_x::<F, FILL>(p, nb, x, h, ahead, cache)
+                            half_x::<F, HB, FILL>(p, nb, x, h, ahead, cache)
                         } else {
-                            half_x::<F, READ>(p, nb, x, h, ahead, cache)
+                            half_x::<F, HB, READ>(p, nb, x, h, ahead, cache)
                         }
                     };
                     // SAFETY: 8 floats from `8h` of the 16.
@@ -307,14 +330,14 @@ unsafe fn passes<const F: u8>(
             unsafe {
                 if !fast {
                     let null = std::ptr::null_mut();
-                    let r = half_x::<F, DIRECT>(tile.as_ptr(), nb, x.cast(), h, ahead, null);
+                    let r = half_x::<F, HB, DIRECT>(tile.as_ptr(), nb, x.cast(), h, ahead, null);
                     _mm256_storeu_ps(o[0].as_mut_ptr().add(8 * h), r);
                     continue;
                 }
                 let p = tile.as_ptr();
                 macro_rules! run {
                     ($t:literal) => {{
-                        let r = half_fast::<$t, F>(p, nb, x, arow, h, ahead);
+                        let r = half_fast::<$t, F, HB>(p, nb, x, arow, h, ahead);
                         for (o, r) in o.iter_mut().zip(r) {
                             _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), r);
                         }
@@ -349,13 +372,15 @@ pub unsafe fn tile(
     assert!(!lay.kquant, "AVX2 packed kernel: 32-wide formats only");
     // SAFETY: same features.
     unsafe {
-        match fmt_of(lay) {
-            Q4_0 => passes::<Q4_0>(lay, tile, a, arow, next, out),
-            Q4_1 => passes::<Q4_1>(lay, tile, a, arow, next, out),
-            Q5_0 => passes::<Q5_0>(lay, tile, a, arow, next, out),
-            Q5_1 => passes::<Q5_1>(lay, tile, a, arow, next, out),
-            Q8_0 => passes::<Q8_0>(lay, tile, a, arow, next, out),
-            f => unreachable!("format {f}"),
+        match (fmt_of(lay), lay.high_bytes) {
+            (Q4_0, _) => passes::<Q4_0, false>(lay, tile, a, arow, next, out),
+            (Q4_1, _) => passes::<Q4_1, false>(lay, tile, a, arow, next, out),
+            (Q5_0, false) => passes::<Q5_0, false>(lay, tile, a, arow, next, out),
+            (Q5_0, true) => passes::<Q5_0, true>(lay, tile, a, arow, next, out),
+            (Q5_1, false) => passes::<Q5_1, false>(lay, tile, a, arow, next, out),
+            (Q5_1, true) => passes::<Q5_1, true>(lay, tile, a, arow, next, out),
+            (Q8_0, _) => passes::<Q8_0, false>(lay, tile, a, arow, next, out),
+            (f, _) => unreachable!("format {f}"),
         }
     }
 }

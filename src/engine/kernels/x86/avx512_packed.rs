@@ -228,6 +228,10 @@ pub unsafe fn tile(
     next: isize,
     out: &mut [[f32; R]],
 ) {
+    assert!(
+        !lay.high_bytes,
+        "AVX-512 packed kernel: fifth bits as masks"
+    );
     let later = isa::prefetch_in_later_passes();
     let ahead = |pass: usize, passes: usize| Ahead::of_pass(next, pass, passes, later);
     // SAFETY: same features; the kernels check the lengths.

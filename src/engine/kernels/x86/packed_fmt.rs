@@ -113,8 +113,12 @@ impl<const F: u8> Fmt<F> {
         arow: usize,
         tokens: usize,
     ) -> usize {
+        let masks = Layout {
+            high_bytes: false,
+            ..*lay
+        };
         assert_eq!(
-            *lay,
+            masks,
             Self::LAYOUT,
             "packed kernel: layout of another format"
         );
