@@ -49,6 +49,56 @@ unsafe fn store8(p: *mut f32, v: __m256, n: usize) {
     }
 }
 
+/// `H` heads × `V` vectors of 8 positions from `p0` (`lanes` of the last vector valid): each
+/// key vector is converted once for all `H` heads, each query value broadcast once for all `V`
+/// vectors; the `H · V` accumulators stay in registers.
+///
+/// # Safety
+/// AVX2/FMA/F16C; the lengths `f16ops::scores` checks; `p0 + 8 (V - 1) + lanes <= n`, heads
+/// `h0..h0 + H` in `q`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn scores_pass<const H: usize, const V: usize>(
+    kt: &[f16],
+    stride: usize,
+    (p0, lanes): (usize, usize),
+    q: &[f32],
+    hd: usize,
+    h0: usize,
+    scale: __m256,
+    (out, n): (&mut [f32], usize),
+) {
+    let mut acc = [[_mm256_setzero_ps(); V]; H];
+    for i in 0..hd {
+        // SAFETY: `i * stride + p0 + 8 (V - 1) + lanes <= kt.len()` (the caller's lengths).
+        let k: [__m256; V] = std::array::from_fn(|v| unsafe {
+            let w = if v + 1 == V { lanes } else { 8 };
+            load8(kt.as_ptr().add(i * stride + p0 + 8 * v), w)
+        });
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: head `h0 + j` of `q` (the caller's lengths).
+            let qv = _mm256_set1_ps(unsafe { *q.get_unchecked((h0 + j) * hd + i) });
+            for (a, &k) in a.iter_mut().zip(&k) {
+                *a = _mm256_fmadd_ps(k, qv, *a);
+            }
+        }
+    }
+    for (j, a) in acc.iter().enumerate() {
+        for (v, &a) in a.iter().enumerate() {
+            let w = if v + 1 == V { lanes } else { 8 };
+            // SAFETY: `w` floats from `(h0 + j) * n + p0 + 8v` lie inside `out`.
+            unsafe {
+                store8(
+                    out.as_mut_ptr().add((h0 + j) * n + p0 + 8 * v),
+                    _mm256_mul_ps(a, scale),
+                    w,
+                )
+            };
+        }
+    }
+}
+
 /// # Safety
 /// AVX2/FMA/F16C; the lengths `f16ops::scores` checks.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -63,30 +113,92 @@ pub unsafe fn scores(
 ) {
     let g = q.len() / hd;
     let vs = _mm256_set1_ps(scale);
-    for p0 in (0..n).step_by(8) {
-        let lanes = (n - p0).min(8);
+    // 16 positions at a time (two vectors), then the rest.
+    let mut p0 = 0;
+    while p0 < n {
+        let two = n - p0 > 8;
+        let lanes = if two { (n - p0 - 8).min(8) } else { n - p0 };
         let mut h0 = 0;
         while h0 < g {
-            let hn = (g - h0).min(8);
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for i in 0..hd {
-                // SAFETY: `i * stride + p0 + lanes <= kt.len()` (checked by the caller).
-                let k = unsafe { load8(kt.as_ptr().add(i * stride + p0), lanes) };
-                for (j, a) in acc[..hn].iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(k, _mm256_set1_ps(q[(h0 + j) * hd + i]), *a);
+            let h = (g - h0).min(if two { 4 } else { 8 });
+            let args = (kt, stride, (p0, lanes), q, hd, h0, vs);
+            // SAFETY: same features; lengths as checked by the caller.
+            unsafe {
+                let (kt, st, pl, q, hd, h0, vs) = args;
+                let o = (&mut *out, n);
+                match (two, h) {
+                    (true, 1) => scores_pass::<1, 2>(kt, st, pl, q, hd, h0, vs, o),
+                    (true, 2) => scores_pass::<2, 2>(kt, st, pl, q, hd, h0, vs, o),
+                    (true, 3) => scores_pass::<3, 2>(kt, st, pl, q, hd, h0, vs, o),
+                    (true, _) => scores_pass::<4, 2>(kt, st, pl, q, hd, h0, vs, o),
+                    (false, 1) => scores_pass::<1, 1>(kt, st, pl, q, hd, h0, vs, o),
+                    (false, 2) => scores_pass::<2, 1>(kt, st, pl, q, hd, h0, vs, o),
+                    (false, 3) => scores_pass::<3, 1>(kt, st, pl, q, hd, h0, vs, o),
+                    (false, 4) => scores_pass::<4, 1>(kt, st, pl, q, hd, h0, vs, o),
+                    (false, 5) => scores_pass::<5, 1>(kt, st, pl, q, hd, h0, vs, o),
+                    (false, 6) => scores_pass::<6, 1>(kt, st, pl, q, hd, h0, vs, o),
+                    (false, 7) => scores_pass::<7, 1>(kt, st, pl, q, hd, h0, vs, o),
+                    (false, _) => scores_pass::<8, 1>(kt, st, pl, q, hd, h0, vs, o),
                 }
             }
-            for (j, &a) in acc[..hn].iter().enumerate() {
-                // SAFETY: `lanes` floats from `(h0 + j) * n + p0` lie inside `out`.
-                unsafe {
-                    store8(
-                        out.as_mut_ptr().add((h0 + j) * n + p0),
-                        _mm256_mul_ps(a, vs),
-                        lanes,
-                    )
-                };
+            h0 += h;
+        }
+        p0 += if two { 16 } else { 8 };
+    }
+}
+
+/// `H` heads over 32 columns from `i0` (`cols` of them, a multiple of 8): each value row's
+/// columns are converted once for all `H` heads.
+///
+/// # Safety
+/// AVX2/FMA/F16C; the lengths `f16ops::accumulate` checks; heads `h0..h0 + H`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn accumulate_pass<const H: usize>(
+    rows: &[f16],
+    stride: usize,
+    n: usize,
+    w: &[f32],
+    hd: usize,
+    (h0, i0, cols): (usize, usize, usize),
+    acc: &mut [f32],
+) {
+    let vn = cols / 8;
+    // SAFETY: `cols` floats of heads `h0..h0 + H` from `i0`, and row `p`'s halves (the
+    // caller's lengths).
+    unsafe {
+        let base = acc.as_mut_ptr();
+        let o = |h: usize| base.add((h0 + h) * hd + i0);
+        let mut a: [[__m256; 4]; H] = std::array::from_fn(|h| {
+            std::array::from_fn(|j| {
+                if j < vn {
+                    _mm256_loadu_ps(o(h).add(8 * j))
+                } else {
+                    _mm256_setzero_ps()
+                }
+            })
+        });
+        for p in 0..n {
+            let row = rows.as_ptr().add(p * stride + i0);
+            let v: [__m256; 4] = std::array::from_fn(|j| {
+                if j < vn {
+                    load8(row.add(8 * j), 8)
+                } else {
+                    _mm256_setzero_ps()
+                }
+            });
+            for (h, a) in a.iter_mut().enumerate() {
+                let s = _mm256_set1_ps(*w.get_unchecked((h0 + h) * n + p));
+                for j in 0..vn {
+                    a[j] = _mm256_fmadd_ps(v[j], s, a[j]);
+                }
             }
-            h0 += hn;
+        }
+        for (h, a) in a.iter().enumerate() {
+            for (j, &a) in a[..vn].iter().enumerate() {
+                _mm256_storeu_ps(o(h).add(8 * j), a);
+            }
         }
     }
 }
@@ -103,32 +215,22 @@ pub unsafe fn accumulate(
     acc: &mut [f32],
 ) {
     let g = acc.len() / hd;
-    // Up to 64 columns of one head in registers across all positions.
-    for h in 0..g {
-        for i0 in (0..hd).step_by(64) {
-            let vn = ((hd - i0) / 8).min(8);
-            // SAFETY: `vn * 8` floats of head `h` from `i0`, and row `p`'s halves (the
-            // caller's lengths).
+    // 32 columns of up to three heads in registers across all positions.
+    for i0 in (0..hd).step_by(32) {
+        let cols = (hd - i0).min(32);
+        let mut h0 = 0;
+        while h0 < g {
+            let h = (g - h0).min(3);
+            let at = (h0, i0, cols);
+            // SAFETY: same features; lengths as checked by the caller.
             unsafe {
-                let o = acc.as_mut_ptr().add(h * hd + i0);
-                let mut a: [__m256; 8] = std::array::from_fn(|j| {
-                    if j < vn {
-                        _mm256_loadu_ps(o.add(8 * j))
-                    } else {
-                        _mm256_setzero_ps()
-                    }
-                });
-                for p in 0..n {
-                    let s = _mm256_set1_ps(w[h * n + p]);
-                    let row = rows.as_ptr().add(p * stride + i0);
-                    for (j, a) in a[..vn].iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(load8(row.add(8 * j), 8), s, *a);
-                    }
-                }
-                for (j, &a) in a[..vn].iter().enumerate() {
-                    _mm256_storeu_ps(o.add(8 * j), a);
+                match h {
+                    1 => accumulate_pass::<1>(rows, stride, n, w, hd, at, acc),
+                    2 => accumulate_pass::<2>(rows, stride, n, w, hd, at, acc),
+                    _ => accumulate_pass::<3>(rows, stride, n, w, hd, at, acc),
                 }
             }
+            h0 += h;
         }
     }
 }
