@@ -169,6 +169,30 @@ pub fn act(dtype: GgmlDType) -> Act {
     }
 }
 
+/// The dot product in llama.cpp's multi-row order for the first [`multi_rows`] tokens of a
+/// batch, where `isa` has one that differs from [`kernel`]'s one-row order (AVX2 `Q4_K` and
+/// `Q6_K`; the packed kernels take this choice themselves).
+pub fn kernel_multi(dtype: GgmlDType, isa: Isa) -> Option<DotFn> {
+    #[cfg(target_arch = "x86_64")]
+    return super::x86::kernel_multi(dtype, isa);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (dtype, isa);
+        None
+    }
+}
+
+/// How many leading tokens of an `n`-token batch llama.cpp takes through its multi-row kernel
+/// for `dtype`: `Q4_K`'s repacked kernel takes tokens four at a time, its tiled K-quant kernel
+/// takes `Q6_K` batches of 8 or more.
+pub fn multi_rows(dtype: GgmlDType, n: usize) -> usize {
+    match dtype {
+        GgmlDType::Q4K => n - n % 4,
+        GgmlDType::Q6K if n >= 8 => n,
+        _ => 0,
+    }
+}
+
 /// The dot product for `dtype` on `isa` (falling back to a slower path where a format has no
 /// kernel for that ISA).
 pub fn kernel(dtype: GgmlDType, isa: Isa) -> DotFn {

@@ -142,15 +142,18 @@ pub(crate) fn matmul_isa(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], isa:
         return;
     }
     let act = isa::act(w.dtype);
-    let dot = isa::kernel(w.dtype, isa);
+    let dots = Dots {
+        one: isa::kernel(w.dtype, isa),
+        multi: isa::kernel_multi(w.dtype, isa).map(|f| (f, isa::multi_rows(w.dtype, n))),
+    };
     if act == Act::F32 {
         // SAFETY: `x` is a valid `f32` slice; viewing it as bytes is always sound.
         let bytes = unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), x.len() * 4) };
-        return run_tiles(w, bytes, act.row_bytes(w.cols), n, out, dot);
+        return run_tiles(w, bytes, act.row_bytes(w.cols), n, out, dots);
     }
     let min = has_min(w.dtype);
     with_activations(act, min, x, w.cols, |a, arow| {
-        run_tiles(w, a, arow, n, out, dot)
+        run_tiles(w, a, arow, n, out, dots)
     });
 }
 
@@ -293,8 +296,16 @@ pub fn prefetch_write<T>(data: &[T]) {
     let _ = (p, len);
 }
 
+/// A row product's dot products: llama.cpp's one-row order, and where a kernel differs for its
+/// multi-row order, that kernel and how many leading tokens take it.
+#[derive(Clone, Copy)]
+struct Dots {
+    one: isa::DotFn,
+    multi: Option<(isa::DotFn, usize)>,
+}
+
 /// Splits the `rows × n` output into tiles and runs them on the pool.
-fn run_tiles(w: &QMatrix, act: &[u8], arow: usize, n: usize, out: &mut [f32], dot: isa::DotFn) {
+fn run_tiles(w: &QMatrix, act: &[u8], arow: usize, n: usize, out: &mut [f32], dots: Dots) {
     let rows = w.rows;
     let (tr, tt) = if n == 1 {
         (decode_tile_rows(rows, pool::threads()), 1)
@@ -313,7 +324,14 @@ fn run_tiles(w: &QMatrix, act: &[u8], arow: usize, n: usize, out: &mut [f32], do
             let t_end = ((ti + 1) * tt).min(n);
             let mut t0 = ti * tt;
             while t0 < t_end {
-                let k = (t_end - t0).min(isa::MAX_TOKENS);
+                let mut k = (t_end - t0).min(isa::MAX_TOKENS);
+                let dot = match dots.multi {
+                    Some((f, m)) if t0 < m => {
+                        k = k.min(m - t0);
+                        f
+                    }
+                    _ => dots.one,
+                };
                 let a = &act[t0 * arow..(t0 + k) * arow];
                 for r in ri * tr..r_end {
                     if k == 1 && pf > 0 {

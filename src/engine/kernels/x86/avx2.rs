@@ -1,5 +1,7 @@
 //! AVX2 dot products for CPUs without AVX-512: the 32-wide formats one block per `ymm`, and
-//! `Q4_K` / `Q5_K` / `Q6_K` 32 values at a time. `Q2_K` / `Q3_K` use the scalar path.
+//! `Q4_K` / `Q5_K` / `Q6_K` 32 values at a time, in llama.cpp's summation orders (the 32-wide
+//! formats' and `Q6_K`'s as its AVX2 one-row kernels, `Q4_K`'s as its repacked ones, see
+//! [`kquant`]). `Q2_K` / `Q3_K` use the scalar path.
 //!
 //! `vpmaddubsw` saturates at 16 bits, so signed weights use the sign trick
 //! (`|w| · sign(x, w)`) and unsigned weights stay below 64.
@@ -179,9 +181,41 @@ fn pair16(a: i16, b: i16) -> __m256i {
     _mm256_set_m128i(_mm_set1_epi16(b), _mm_set1_epi16(a))
 }
 
+/// The exact sums of the eight `i32` lanes of each of up to four vectors, as the lanes of
+/// one `xmm` (lane `t` for `v[t]`, zero past `T`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn kquant<const T: usize>(
+fn hsums<const T: usize>(v: &[__m256i; T]) -> __m128i {
+    let z = _mm256_setzero_si256();
+    let at = |t: usize| if t < T { v[t] } else { z };
+    let h = _mm256_hadd_epi32(
+        _mm256_hadd_epi32(at(0), at(1)),
+        _mm256_hadd_epi32(at(2), at(3)),
+    );
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+}
+
+/// `f(t)` for each of up to four tokens as the lanes of an `xmm` (zero past `T`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn per_token<const T: usize>(f: impl Fn(usize) -> f32) -> __m128 {
+    let at = |t: usize| if t < T { f(t) } else { 0.0 };
+    _mm_setr_ps(at(0), at(1), at(2), at(3))
+}
+
+/// `Q4_K` / `Q5_K` / `Q6_K` rows in the orders of llama.cpp's kernels (the integer sums are
+/// exact, so only the `f32` steps matter):
+/// - `Q4_K`, as its repacked kernels: per row one `f32` sum and one for the minimum terms,
+///   subtracted at the end; its multi-row kernel (`MULTI`) scales and accumulates every 64
+///   values, its one-row kernel every block. `Q5_K` folds both into one sum per block.
+/// - `Q6_K`, one-row (`ggml_vec_dot_q6_K_q8_K`): eight integer lanes per block (lane `l`, the
+///   4-value groups `l, l + 8, …`, less their share of `32 Σ sc bsum`), each accumulated in its
+///   own `f32` lane, folded as `hsum_float_8`; multi-row (its tiled kernel, batches of 8 or
+///   more): one integer sum per block, times the weight's scale, fused onto the sum with the
+///   activation's.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kquant<const T: usize, const MULTI: bool>(
     dtype: GgmlDType,
     w: &[u8],
     a: &[u8],
@@ -193,8 +227,11 @@ unsafe fn kquant<const T: usize>(
     let xb = std::mem::size_of::<BlockQ8K>();
     assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * xb);
     assert!((a.as_ptr() as usize).is_multiple_of(64) && arow.is_multiple_of(64));
+    assert!(T <= 4, "kquant: four tokens a call");
     let mask4 = _mm256_set1_epi8(0x0F);
-    let mut acc = [_mm256_setzero_ps(); T];
+    let mut lanes = [_mm256_setzero_ps(); T];
+    // The single-lane orders' sums, token `t` in lane `t`.
+    let (mut acc, mut accm) = (_mm_setzero_ps(), _mm_setzero_ps());
     for i in 0..nb {
         let p = w[i * size..].as_ptr();
         // SAFETY: token `t`, block `i` inside `a` (asserted), 64-byte aligned.
@@ -206,18 +243,14 @@ unsafe fn kquant<const T: usize>(
         // SAFETY: `bsums` at offset 256, 32-byte aligned.
         let bs = |t: usize| unsafe { _mm256_load_si256(x[t].bsums.as_ptr().cast()) };
         let mut isum = [_mm256_setzero_si256(); T];
-        // (d, dmin) and the per-token correction sums subtracted with them.
-        let (d, dmin);
-        let mut corr = [_mm256_setzero_si256(); T];
         if dtype == GgmlDType::Q6K {
             // SAFETY: `ql` at 0, `qh` at 128, scales at 192, `d` at 208.
-            let (sc, dd) = unsafe {
+            let (sc, d) = unsafe {
                 (
                     p.add(192).cast::<[i8; 16]>().read_unaligned(),
                     f16(p.add(208)),
                 )
             };
-            (d, dmin) = (dd, dd);
             for h in 0..2 {
                 // SAFETY: as above.
                 let (ql0, ql1, qh) = unsafe {
@@ -258,63 +291,155 @@ unsafe fn kquant<const T: usize>(
             // SAFETY: 16 readable bytes.
             let sc16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
             for t in 0..T {
-                // The stored values are q + 32: subtract 32 Σ sc · bsum.
-                corr[t] = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs(t), sc16));
+                // The stored values are q + 32: each lane less `32 Σ sc · bsum` of its groups.
+                let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs(t), sc16));
+                isum[t] = _mm256_sub_epi32(isum[t], corr);
+                if !MULTI {
+                    let dx = _mm256_set1_ps(d * x[t].d);
+                    lanes[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), dx, lanes[t]);
+                }
             }
+            if MULTI {
+                let r = _mm_mul_ps(_mm_cvtepi32_ps(hsums(&isum)), _mm_set1_ps(d));
+                acc = _mm_fmadd_ps(r, per_token::<T>(|t| x[t].d), acc);
+            }
+            continue;
+        }
+        let q5 = dtype == GgmlDType::Q5K;
+        // SAFETY: `d`, `dmin`, scales at 0, 2, 4; `qh` (Q5_K) at 16; `qs` after.
+        let (sc, mn, d, dmin) = unsafe {
+            let (sc, mn) = k4_scales(p.add(4));
+            (sc, mn, f16(p), f16(p.add(2)))
+        };
+        // SAFETY: as above.
+        let qh = if q5 {
+            unsafe { _mm256_loadu_si256(p.add(16).cast()) }
         } else {
-            let q5 = dtype == GgmlDType::Q5K;
-            // SAFETY: `d`, `dmin`, scales at 0, 2, 4; `qh` (Q5_K) at 16; `qs` after.
-            let (sc, mn, dd, dm) = unsafe {
-                let (sc, mn) = k4_scales(p.add(4));
-                (sc, mn, f16(p), f16(p.add(2)))
-            };
-            (d, dmin) = (dd, dm);
-            // SAFETY: as above.
-            let qh = if q5 {
-                unsafe { _mm256_loadu_si256(p.add(16).cast()) }
-            } else {
-                _mm256_setzero_si256()
-            };
-            let qs = if q5 { 48 } else { 16 };
-            for c in 0..4 {
-                // SAFETY: 32 bytes of `qs` per chunk.
-                let q = unsafe { _mm256_loadu_si256(p.add(qs + 32 * c).cast()) };
-                let mut lo = _mm256_and_si256(q, mask4);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask4);
-                if q5 {
-                    let bit = |k: i32| {
-                        let b = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(k));
-                        _mm256_slli_epi16::<4>(_mm256_and_si256(b, _mm256_set1_epi8(1)))
-                    };
-                    lo = _mm256_or_si256(lo, bit(2 * c as i32));
-                    hi = _mm256_or_si256(hi, bit(2 * c as i32 + 1));
-                }
-                let (s0, s1) = (
-                    _mm256_set1_epi16(sc[2 * c] as i16),
-                    _mm256_set1_epi16(sc[2 * c + 1] as i16),
-                );
-                for t in 0..T {
-                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xq(t, 64 * c)), s0);
-                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xq(t, 64 * c + 32)), s1);
-                    isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p0, p1));
-                }
+            _mm256_setzero_si256()
+        };
+        let qs = if q5 { 48 } else { 16 };
+        // The multi-row order's step: 64 values (sub-blocks `2c`, `2c + 1`).
+        let step = MULTI && !q5;
+        let (dx, dmx) = (
+            per_token::<T>(|t| d * x[t].d),
+            per_token::<T>(|t| dmin * x[t].d),
+        );
+        for c in 0..4 {
+            // SAFETY: 32 bytes of `qs` per chunk.
+            let q = unsafe { _mm256_loadu_si256(p.add(qs + 32 * c).cast()) };
+            let mut lo = _mm256_and_si256(q, mask4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask4);
+            if q5 {
+                let bit = |k: i32| {
+                    let b = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(k));
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(b, _mm256_set1_epi8(1)))
+                };
+                lo = _mm256_or_si256(lo, bit(2 * c as i32));
+                hi = _mm256_or_si256(hi, bit(2 * c as i32 + 1));
             }
-            let m16: [i16; 16] = std::array::from_fn(|k| mn[k / 2] as i16);
-            // SAFETY: 32 readable bytes.
-            let m16 = unsafe { _mm256_loadu_si256(m16.as_ptr().cast()) };
+            let (s0, s1) = (
+                _mm256_set1_epi16(sc[2 * c] as i16),
+                _mm256_set1_epi16(sc[2 * c + 1] as i16),
+            );
+            let mut cs = [_mm256_setzero_si256(); T];
             for t in 0..T {
-                corr[t] = _mm256_madd_epi16(bs(t), m16);
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xq(t, 64 * c)), s0);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xq(t, 64 * c + 32)), s1);
+                cs[t] = _mm256_add_epi32(p0, p1);
+                if !step {
+                    isum[t] = _mm256_add_epi32(isum[t], cs[t]);
+                }
+            }
+            if step {
+                // Each token's pair of 32-value sums against the pair's two minimums.
+                let b = |t: usize| {
+                    // SAFETY: two `i16` at `2c` of 8.
+                    unsafe {
+                        x[t].bsum32
+                            .as_ptr()
+                            .add(2 * c)
+                            .cast::<i32>()
+                            .read_unaligned()
+                    }
+                };
+                let at = |t: usize| if t < T { b(t) } else { 0 };
+                let mp = (mn[2 * c] as u32 | (mn[2 * c + 1] as u32) << 16) as i32;
+                let im = _mm_madd_epi16(
+                    _mm_setr_epi32(at(0), at(1), at(2), at(3)),
+                    _mm_set1_epi32(mp),
+                );
+                acc = _mm_fmadd_ps(_mm_cvtepi32_ps(hsums(&cs)), dx, acc);
+                accm = _mm_fmadd_ps(_mm_cvtepi32_ps(im), dmx, accm);
             }
         }
-        for t in 0..T {
-            let main = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * x[t].d));
-            let c = _mm256_mul_ps(_mm256_cvtepi32_ps(corr[t]), _mm256_set1_ps(dmin * x[t].d));
-            acc[t] = _mm256_add_ps(acc[t], _mm256_sub_ps(main, c));
+        if step {
+            continue;
+        }
+        let m16: [i16; 16] = std::array::from_fn(|k| mn[k / 2] as i16);
+        // SAFETY: 32 readable bytes.
+        let m16 = unsafe { _mm256_loadu_si256(m16.as_ptr().cast()) };
+        let corr: [__m256i; T] = std::array::from_fn(|t| _mm256_madd_epi16(bs(t), m16));
+        let im = _mm_cvtepi32_ps(hsums(&corr));
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(hsums(&isum)), dx, acc);
+        if q5 {
+            acc = _mm_fnmadd_ps(im, dmx, acc);
+        } else {
+            accm = _mm_fmadd_ps(im, dmx, accm);
         }
     }
+    let mut sums = [0f32; 4];
+    // SAFETY: four floats.
+    unsafe { _mm_storeu_ps(sums.as_mut_ptr(), _mm_sub_ps(acc, accm)) };
     for t in 0..T {
-        out[t] = hsum(acc[t]);
+        out[t] = match dtype {
+            GgmlDType::Q6K if !MULTI => hsum(lanes[t]),
+            _ => sums[t],
+        };
     }
+}
+
+/// [`kquant`] in llama.cpp's one-row orders.
+///
+/// # Safety
+/// As [`kquant`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kquant_row<const T: usize>(
+    dtype: GgmlDType,
+    w: &[u8],
+    a: &[u8],
+    arow: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: as the caller guarantees.
+    unsafe { kquant::<T, false>(dtype, w, a, arow, out) }
+}
+
+/// [`kquant`] in llama.cpp's multi-row orders.
+///
+/// # Safety
+/// As [`kquant`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kquant_multi<const T: usize>(
+    dtype: GgmlDType,
+    w: &[u8],
+    a: &[u8],
+    arow: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: as the caller guarantees.
+    unsafe { kquant::<T, true>(dtype, w, a, arow, out) }
+}
+
+/// The AVX2 kernel in llama.cpp's multi-row order for the leading tokens of a batch
+/// (`isa::multi_rows` says how many), where it has one that differs from the one-row order.
+pub fn kernel_multi(dtype: GgmlDType) -> Option<DotFn> {
+    Some(match dtype {
+        GgmlDType::Q4K => tokens!(kquant_multi, Q4K, "avx2,fma,f16c"),
+        GgmlDType::Q6K => tokens!(kquant_multi, Q6K, "avx2,fma,f16c"),
+        _ => return None,
+    })
 }
 
 /// The AVX2 kernel for a quantized format, if there is one.
@@ -325,9 +450,9 @@ pub fn kernel(dtype: GgmlDType) -> Option<DotFn> {
         GgmlDType::Q5_0 => tokens!(legacy, Q5_0, "avx2,fma,f16c"),
         GgmlDType::Q5_1 => tokens!(legacy, Q5_1, "avx2,fma,f16c"),
         GgmlDType::Q8_0 => tokens!(legacy, Q8_0, "avx2,fma,f16c"),
-        GgmlDType::Q4K => tokens!(kquant, Q4K, "avx2,fma,f16c"),
-        GgmlDType::Q5K => tokens!(kquant, Q5K, "avx2,fma,f16c"),
-        GgmlDType::Q6K => tokens!(kquant, Q6K, "avx2,fma,f16c"),
+        GgmlDType::Q4K => tokens!(kquant_row, Q4K, "avx2,fma,f16c"),
+        GgmlDType::Q5K => tokens!(kquant_row, Q5K, "avx2,fma,f16c"),
+        GgmlDType::Q6K => tokens!(kquant_row, Q6K, "avx2,fma,f16c"),
         _ => return None,
     })
 }
