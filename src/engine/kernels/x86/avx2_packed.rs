@@ -239,26 +239,37 @@ unsafe fn half_fast<const T: usize, const F: u8, const HB: bool>(
             };
             for (t, acc) in acc.iter_mut().enumerate() {
                 let x = &*x.add(t * arow + b * XB).cast::<BlockQ8s>();
-                let p = |j: usize| pairs::<F>(wv[j], group(x, j));
+                // No closures here: they would not inherit the target features.
+                let mut p = [_mm256_setzero_si256(); 8];
+                for (j, p) in p.iter_mut().enumerate() {
+                    *p = pairs::<F>(wv[j], group(x, j));
+                }
                 let s = if Fmt::<F>::Q8 {
-                    let mut s = _mm256_madd_epi16(p(0), ones);
-                    for j in 1..8 {
-                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p(j), ones));
+                    let mut s = _mm256_madd_epi16(p[0], ones);
+                    for &p in &p[1..] {
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
                     }
                     s
                 } else if Fmt::<F>::Q5 {
-                    let q = |j0: usize| {
-                        let s = _mm256_add_epi16(p(j0), p(j0 + 1));
-                        _mm256_add_epi16(s, _mm256_add_epi16(p(j0 + 2), p(j0 + 3)))
-                    };
-                    _mm256_add_epi32(_mm256_madd_epi16(q(0), ones), _mm256_madd_epi16(q(4), ones))
-                } else {
-                    let s = [0, 2, 4, 6].map(|j| _mm256_add_epi16(p(j), p(j + 1)));
-                    let s = _mm256_add_epi16(
-                        _mm256_add_epi16(s[0], s[1]),
-                        _mm256_add_epi16(s[2], s[3]),
+                    let lo = _mm256_add_epi16(
+                        _mm256_add_epi16(p[0], p[1]),
+                        _mm256_add_epi16(p[2], p[3]),
                     );
-                    _mm256_madd_epi16(s, ones)
+                    let hi = _mm256_add_epi16(
+                        _mm256_add_epi16(p[4], p[5]),
+                        _mm256_add_epi16(p[6], p[7]),
+                    );
+                    _mm256_add_epi32(_mm256_madd_epi16(lo, ones), _mm256_madd_epi16(hi, ones))
+                } else {
+                    let lo = _mm256_add_epi16(
+                        _mm256_add_epi16(p[0], p[1]),
+                        _mm256_add_epi16(p[2], p[3]),
+                    );
+                    let hi = _mm256_add_epi16(
+                        _mm256_add_epi16(p[4], p[5]),
+                        _mm256_add_epi16(p[6], p[7]),
+                    );
+                    _mm256_madd_epi16(_mm256_add_epi16(lo, hi), ones)
                 };
                 let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, *acc);
