@@ -36,8 +36,10 @@ unsafe fn group_pair<const F: u8, const HB: bool>(
         let v = col.add(Fmt::<F>::VALUES_AT + 32 * h);
         if Fmt::<F>::Q8 {
             let flip = _mm256_set1_epi8(0x80u8 as i8);
-            let w = |j: usize| _mm256_xor_si256(_mm256_loadu_si256(v.add(64 * j).cast()), flip);
-            return [w(2 * g), w(2 * g + 1)];
+            return [
+                _mm256_xor_si256(_mm256_loadu_si256(v.add(128 * g).cast()), flip),
+                _mm256_xor_si256(_mm256_loadu_si256(v.add(128 * g + 64).cast()), flip),
+            ];
         }
         let m4 = _mm256_set1_epi8(0x0F);
         let q = _mm256_loadu_si256(v.add(64 * g).cast());
@@ -86,9 +88,16 @@ unsafe fn group_pair<const F: u8, const HB: bool>(
 /// As [`group_pair`].
 #[inline(always)]
 unsafe fn values<const F: u8, const HB: bool>(col: *const u8, h: usize) -> [__m256i; 8] {
-    // SAFETY: as the caller guarantees.
-    let p: [[__m256i; 2]; 4] = std::array::from_fn(|g| unsafe { group_pair::<F, HB>(col, h, g) });
-    std::array::from_fn(|j| p[j / 2][j % 2])
+    // SAFETY: AVX2, as the caller guarantees.
+    let mut wv = [unsafe { _mm256_setzero_si256() }; 8];
+    for g in 0..4 {
+        // SAFETY: as the caller guarantees. (A loop, not `array::from_fn`: its closure is not
+        // always inlined, and the intrinsics inside it then become calls.)
+        let p = unsafe { group_pair::<F, HB>(col, h, g) };
+        wv[2 * g] = p[0];
+        wv[2 * g + 1] = p[1];
+    }
+    wv
 }
 
 /// The 4-value sums `w_j · g` of 8 rows (`w` from [`values`], `g` a broadcast activation
