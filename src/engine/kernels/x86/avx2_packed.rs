@@ -259,16 +259,6 @@ unsafe fn half_fast<const T: usize, const F: u8, const HB: bool>(
                         s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
                     }
                     s
-                } else if Fmt::<F>::Q5 {
-                    let lo = _mm256_add_epi16(
-                        _mm256_add_epi16(p[0], p[1]),
-                        _mm256_add_epi16(p[2], p[3]),
-                    );
-                    let hi = _mm256_add_epi16(
-                        _mm256_add_epi16(p[4], p[5]),
-                        _mm256_add_epi16(p[6], p[7]),
-                    );
-                    _mm256_add_epi32(_mm256_madd_epi16(lo, ones), _mm256_madd_epi16(hi, ones))
                 } else {
                     let lo = _mm256_add_epi16(
                         _mm256_add_epi16(p[0], p[1]),
@@ -278,7 +268,12 @@ unsafe fn half_fast<const T: usize, const F: u8, const HB: bool>(
                         _mm256_add_epi16(p[4], p[5]),
                         _mm256_add_epi16(p[6], p[7]),
                     );
-                    _mm256_madd_epi16(_mm256_add_epi16(lo, hi), ones)
+                    if Fmt::<F>::Q5 {
+                        // Four 5-bit pairs fit 16 bits, eight do not.
+                        _mm256_add_epi32(_mm256_madd_epi16(lo, ones), _mm256_madd_epi16(hi, ones))
+                    } else {
+                        _mm256_madd_epi16(_mm256_add_epi16(lo, hi), ones)
+                    }
                 };
                 let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, *acc);
