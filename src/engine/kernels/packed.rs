@@ -241,8 +241,11 @@ impl PackedMatrix {
         w: &QMatrix,
         done: impl FnMut(std::ops::Range<usize>),
     ) -> Option<PackedMatrix> {
-        // AVX2 kernels read the fifth bits as bytes, AVX-512 ones as masks.
-        Self::pack_as(w, isa::get() == Isa::Avx2, done)
+        // AVX2 kernels read the fifth bits as bytes, AVX-512 ones as masks (and AVX2 ones read
+        // masks too, so a CPU with AVX-512 keeps them even where `WARD_ISA=avx2` asks for the
+        // AVX2 kernels: every kernel it has can read them).
+        let bytes = isa::get() == Isa::Avx2 && !isa::available().contains(&Isa::Avx512);
+        Self::pack_as(w, bytes, done)
     }
 
     fn pack_as(
