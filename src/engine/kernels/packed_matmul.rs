@@ -6,7 +6,7 @@ use super::blocks::{BlockQ8K, BlockQ8s, f16_le};
 use super::isa::{self, Act, Isa};
 use super::packed::{Layout, PackedMatrix, R, value};
 use super::packed_k;
-use super::{GgmlDType, SyncPtr, has_min, pool, with_activations};
+use super::{SyncPtr, has_min, pool, with_activations};
 
 /// One row tile × `out.len()` tokens (1 to [`isa::MAX_TOKENS`]): `out[t][r] = W[16 tile + r] ·
 /// a[t]`, with `a` holding [`BlockQ8s`] (32-wide formats) or [`BlockQ8K`] rows `arow` apart.
@@ -243,13 +243,7 @@ pub(crate) fn matmul_packed_many_isa(
             w,
             lay: w.layout(),
             out: SyncPtr(out.as_mut_ptr()),
-            // llama.cpp's repacked `Q4_K` kernel takes tokens four at a time, its tiled
-            // K-quant kernel takes `Q6_K` batches of 8 or more.
-            multi: match w.dtype {
-                GgmlDType::Q4K => n - n % 4,
-                GgmlDType::Q6K if n >= 8 => n,
-                _ => 0,
-            },
+            multi: isa::multi_rows(w.dtype, n),
         })
         .collect();
     let mut tiles = [0; MAX_PLANS];
