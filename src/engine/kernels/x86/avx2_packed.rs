@@ -21,7 +21,8 @@ use std::arch::x86_64::*;
 
 /// The weight vectors of 4-value groups `2g` and `2g + 1` of rows `8h..8h+8` of one block
 /// column: unsigned values (with the fifth bit for the 5-bit formats), except `Q8_0`, whose
-/// values come back signed (`vpmaddubsw` would saturate on `q + 128`).
+/// values come back signed (`vpmaddubsw` would saturate on `q + 128`). `HB`: the column holds
+/// its fifth bits as bytes (`packed::Layout::high_bytes`), else as `u64` masks.
 ///
 /// # Safety
 /// AVX2; `col` points at one whole block column of format `F`, `h < 2`, `g < 4`.
