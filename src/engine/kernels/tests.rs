@@ -418,6 +418,17 @@ fn packing_releases_the_source_in_order_and_packs_the_same() {
     }
 }
 
+/// Calls the generic `$one::<Block>(dtype)` for every 32-wide format.
+macro_rules! each_32_wide {
+    ($one:ident) => {
+        $one::<ck::BlockQ4_0>(GgmlDType::Q4_0);
+        $one::<ck::BlockQ4_1>(GgmlDType::Q4_1);
+        $one::<ck::BlockQ5_0>(GgmlDType::Q5_0);
+        $one::<ck::BlockQ5_1>(GgmlDType::Q5_1);
+        $one::<ck::BlockQ8_0>(GgmlDType::Q8_0);
+    };
+}
+
 /// In llama.cpp's order, a token's products do not depend on the batch it comes in: the
 /// 32-wide packed kernels give each of 8 tokens the bits it gets alone (the 5-bit formats,
 /// and the 4-bit ones either way `isa::unpack_4bit_once` chooses, through the weights that the
@@ -461,11 +472,7 @@ fn batches_give_each_token_its_own_bits() {
             }
         }
     }
-    one::<ck::BlockQ4_0>(GgmlDType::Q4_0);
-    one::<ck::BlockQ4_1>(GgmlDType::Q4_1);
-    one::<ck::BlockQ5_0>(GgmlDType::Q5_0);
-    one::<ck::BlockQ5_1>(GgmlDType::Q5_1);
-    one::<ck::BlockQ8_0>(GgmlDType::Q8_0);
+    each_32_wide!(one);
 }
 
 /// On AVX2, the packed 32-wide kernels sum in the row kernels' order (llama.cpp's AVX2 order:
@@ -491,11 +498,7 @@ fn avx2_packed_kernels_give_the_row_kernels_bits() {
             assert_eq!(bits(&a), bits(&b), "{dtype:?} {n} tokens");
         }
     }
-    one::<ck::BlockQ4_0>(GgmlDType::Q4_0);
-    one::<ck::BlockQ4_1>(GgmlDType::Q4_1);
-    one::<ck::BlockQ5_0>(GgmlDType::Q5_0);
-    one::<ck::BlockQ5_1>(GgmlDType::Q5_1);
-    one::<ck::BlockQ8_0>(GgmlDType::Q8_0);
+    each_32_wide!(one);
 }
 
 /// The 5-bit formats' fifth bits as `u64` masks (AVX-512) or as bytes (AVX2) hold the same

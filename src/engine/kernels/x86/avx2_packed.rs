@@ -16,6 +16,7 @@ use super::super::packed::{Layout, R};
 use super::avx2::bit16;
 use super::packed_fmt::{
     Ahead, DIRECT, FILL, Fmt, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, READ, XB, fmt_of, prefetch,
+    with_unpacked,
 };
 use std::arch::x86_64::*;
 
@@ -309,25 +310,25 @@ unsafe fn passes<const F: u8, const HB: bool>(
     let fast = numerics() == Numerics::Fast;
     let per = if fast { 4 } else { 1 };
     let passes = 2 * n.div_ceil(per);
-    if !fast && n > 1 && !Fmt::<F>::Q8 {
-        // Several tokens: the first pass over each half stores the weight vectors it unpacks,
-        // the others load them.
-        return UNPACKED.with_borrow_mut(|buf| {
-            // SAFETY: an all-zero vector is a valid `__m256i`.
-            buf.resize(8 * nb, unsafe { std::mem::zeroed() });
-            let cache = buf.as_mut_ptr();
+    let p = tile.as_ptr();
+    if !fast {
+        // One token a pass. Several tokens: the first pass over each half stores the weight
+        // vectors it unpacks, the others load them (`Q8_0`'s are one load and a `vpxor` anyway).
+        let cache = n > 1 && !Fmt::<F>::Q8;
+        // SAFETY: an all-zero vector is a valid `__m256i`.
+        let zero = unsafe { std::mem::zeroed() };
+        return with_unpacked(&UNPACKED, cache.then_some(8 * nb), zero, |buf| {
             for h in 0..2 {
                 for (t, o) in out.iter_mut().enumerate() {
                     let ahead = Ahead::of_pass(next, h * n + t, passes, later);
                     let x = a[t * arow..].as_ptr().cast();
-                    let p = tile.as_ptr();
-                    // SAFETY: lengths asserted by `columns`; `cache` holds `8 * nb` vectors;
-                    // same features.
+                    // SAFETY: lengths asserted by `columns`; with a cache, `buf` holds `8 * nb`
+                    // vectors; same features.
                     let r = unsafe {
-                        if t == 0 {
-                            half_x::<F, HB, FILL>(p, nb, x, h, ahead, cache)
-                        } else {
-                            half_x::<F, HB, READ>(p, nb, x, h, ahead, cache)
+                        match (cache, t) {
+                            (false, _) => half_x::<F, HB, DIRECT>(p, nb, x, h, ahead, buf),
+                            (true, 0) => half_x::<F, HB, FILL>(p, nb, x, h, ahead, buf),
+                            _ => half_x::<F, HB, READ>(p, nb, x, h, ahead, buf),
                         }
                     };
                     // SAFETY: 8 floats from `8h` of the 16.
@@ -342,29 +343,21 @@ unsafe fn passes<const F: u8, const HB: bool>(
             let ahead = Ahead::of_pass(next, pass, passes, later);
             pass += 1;
             let x = a[c * per * arow..].as_ptr();
-            // SAFETY: lengths asserted by `columns`; same features.
-            unsafe {
-                if !fast {
-                    let null = std::ptr::null_mut();
-                    let r = half_x::<F, HB, DIRECT>(tile.as_ptr(), nb, x.cast(), h, ahead, null);
-                    _mm256_storeu_ps(o[0].as_mut_ptr().add(8 * h), r);
-                    continue;
-                }
-                let p = tile.as_ptr();
-                macro_rules! run {
-                    ($t:literal) => {{
-                        let r = half_fast::<$t, F, HB>(p, nb, x, arow, h, ahead);
-                        for (o, r) in o.iter_mut().zip(r) {
-                            _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), r);
-                        }
-                    }};
-                }
-                match o.len() {
-                    1 => run!(1),
-                    2 => run!(2),
-                    3 => run!(3),
-                    _ => run!(4),
-                }
+            macro_rules! run {
+                ($t:literal) => {{
+                    // SAFETY: lengths asserted by `columns`; same features.
+                    let r = unsafe { half_fast::<$t, F, HB>(p, nb, x, arow, h, ahead) };
+                    for (o, r) in o.iter_mut().zip(r) {
+                        // SAFETY: 8 floats from `8h` of the 16.
+                        unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), r) };
+                    }
+                }};
+            }
+            match o.len() {
+                1 => run!(1),
+                2 => run!(2),
+                3 => run!(3),
+                _ => run!(4),
             }
         }
     }

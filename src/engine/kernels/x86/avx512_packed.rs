@@ -80,17 +80,12 @@ pub(super) unsafe fn unpacked<const C: u8, const N: usize>(
     }
 }
 
-/// Runs `f` on room for `vectors` unpacked weight vectors in this thread's [`UNPACKED`], or on
-/// a null pointer for a batch that keeps none.
+/// [`packed_fmt::with_unpacked`](super::packed_fmt::with_unpacked) on this thread's
+/// [`UNPACKED`].
 fn with_unpacked(vectors: Option<usize>, f: impl FnOnce(*mut __m512i)) {
-    match vectors {
-        Some(n) => UNPACKED.with_borrow_mut(|buf| {
-            // SAFETY: an all-zero vector is a valid `__m512i`.
-            buf.resize(n, unsafe { std::mem::zeroed() });
-            f(buf.as_mut_ptr())
-        }),
-        None => f(std::ptr::null_mut()),
-    }
+    // SAFETY: an all-zero vector is a valid `__m512i`.
+    let zero = unsafe { std::mem::zeroed() };
+    super::packed_fmt::with_unpacked(&UNPACKED, vectors, zero, f)
 }
 
 /// The 32-wide formats in llama.cpp's summation order (`ggml_vec_dot_q4_1_q8_1` and its

@@ -71,6 +71,24 @@ pub(super) const DIRECT: u8 = 0;
 pub(super) const FILL: u8 = 1;
 pub(super) const READ: u8 = 2;
 
+/// Runs `f` on room for `vectors` unpacked weight vectors (`zero` fills new room) in this
+/// thread's `buf`, or on a null pointer for a batch that keeps none: the buffer a batch's
+/// passes over a tile share, one per vector type.
+pub(super) fn with_unpacked<V: Copy + 'static>(
+    buf: &'static std::thread::LocalKey<std::cell::RefCell<Vec<V>>>,
+    vectors: Option<usize>,
+    zero: V,
+    f: impl FnOnce(*mut V),
+) {
+    match vectors {
+        Some(n) => buf.with_borrow_mut(|b| {
+            b.resize(n, zero);
+            f(b.as_mut_ptr())
+        }),
+        None => f(std::ptr::null_mut()),
+    }
+}
+
 /// Bytes of one activation block.
 pub(super) const XB: usize = std::mem::size_of::<BlockQ8s>();
 

@@ -114,7 +114,6 @@ pub unsafe fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn quantize_q8s(x: &[f32], out: &mut [BlockQ8s], min: bool) {
     assert_eq!(x.len(), out.len() * QK);
-    let (ones8, ones16) = (_mm256_set1_epi8(1), _mm256_set1_epi16(1));
     for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
         // SAFETY: `xs` holds 32 floats.
         let v = unsafe {
@@ -127,14 +126,7 @@ pub unsafe fn quantize_q8s(x: &[f32], out: &mut [BlockQ8s], min: bool) {
         let (q0, _) = q16(v[0], id);
         let (q1, _) = q16(v[1], id);
         let q = _mm256_set_m128i(q1, q0);
-        // Sums of 4 consecutive quants: `1 · q` in pairs (16-bit), then pairs of pairs.
-        let c4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16);
-        let c2 = _mm_add_epi32(
-            _mm256_castsi256_si128(c4),
-            _mm256_extracti128_si256::<1>(c4),
-        );
-        let c1 = _mm_add_epi32(c2, _mm_unpackhi_epi64(c2, c2));
-        let sum = _mm_cvtsi128_si32(c1) + _mm_extract_epi32::<1>(c1);
+        let (sum, c4) = super::quant_avx2::sums(q);
         // SAFETY: `qs` has 32 bytes, `c4` eight `i32`.
         unsafe {
             _mm256_storeu_si256(b.qs.as_mut_ptr().cast(), q);

@@ -48,10 +48,11 @@ unsafe fn load32(p: *const f32) -> [__m256; 4] {
     std::array::from_fn(|i| unsafe { _mm256_loadu_ps(p.add(8 * i)) })
 }
 
-/// The sum of 32 `i8`, and their 4-value group sums.
+/// The sum of 32 `i8`, and their 4-value group sums (`1 · q` in 16-bit pairs, then pairs of
+/// pairs); the AVX-512 quantization uses it too.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn sums(q: __m256i) -> (i32, __m256i) {
+pub(super) fn sums(q: __m256i) -> (i32, __m256i) {
     let c4 = _mm256_madd_epi16(
         _mm256_maddubs_epi16(_mm256_set1_epi8(1), q),
         _mm256_set1_epi16(1),
