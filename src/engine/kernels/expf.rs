@@ -10,7 +10,6 @@
 //! it against the C library over every `f32` from `-0` down to `-110` (all that attention passes
 //! it; every one equal) and a sample of the rest of the range.
 
-use super::isa::{self, Isa};
 use super::ops::multiversion;
 
 /// `2^(i/32)` rounded to the nearest `f64`, less `i << 47` (so that adding `k << 47` for

@@ -11,12 +11,13 @@
 
 use half::f16;
 
+#[cfg(target_arch = "x86_64")]
 use super::isa::{self, Isa};
-
 #[cfg(target_arch = "x86_64")]
 use super::x86::{f16ops as simd, f16ops_avx2 as avx2};
 
 /// The SIMD path that takes head size `hd` on this CPU.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
     Avx512,
@@ -24,19 +25,16 @@ enum Path {
     Portable,
 }
 
+#[cfg(target_arch = "x86_64")]
 #[inline]
 fn path(hd: usize) -> Path {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let isa = isa::get();
-        if isa >= Isa::Avx512 && hd.is_multiple_of(16) && hd <= simd::MAX_HD {
-            return Path::Avx512;
-        }
-        if isa >= Isa::Avx2 && hd.is_multiple_of(8) && hd <= avx2::MAX_HD {
-            return Path::Avx2;
-        }
+    let isa = isa::get();
+    if isa >= Isa::Avx512 && hd.is_multiple_of(16) && hd <= simd::MAX_HD {
+        return Path::Avx512;
     }
-    let _ = hd;
+    if isa >= Isa::Avx2 && hd.is_multiple_of(8) && hd <= avx2::MAX_HD {
+        return Path::Avx2;
+    }
     Path::Portable
 }
 
@@ -211,7 +209,7 @@ pub fn mad_f16_span(y: &mut [f16], hd: usize, run: &ValueRun) {
         Isa::Avx512 => return unsafe { simd::mad_f16_span(y, hd, run) },
         // SAFETY: AVX2/FMA/F16C detected; lengths checked.
         Isa::Avx2 => return unsafe { avx2::mad_f16_span(y, hd, run) },
-        Isa::Scalar => {}
+        _ => {}
     }
     for (h, y) in y.chunks_exact_mut(hd).enumerate() {
         let at = h * run.wstride;

@@ -7,28 +7,38 @@ use std::sync::OnceLock;
 /// The instruction-set paths, ordered from the most portable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
-    /// Portable Rust; also what non-x86 targets use.
+    /// Portable Rust; also what targets other than x86-64 and AArch64 use.
     Scalar,
+    /// AArch64 NEON (every AArch64 CPU).
+    Neon,
+    /// NEON with the dot-product extension (`sdot`; ARMv8.2: Neoverse N1, Apple M1 and later).
+    NeonDot,
     /// AVX2 + FMA + F16C.
     Avx2,
     /// AVX-512 F/BW/VL/DQ with VNNI and VBMI (Ice Lake, Zen 4 and later), plus `Avx2`.
     Avx512,
 }
 
-/// The best path this CPU supports, overridable downwards with `WARD_ISA=scalar|avx2`.
+/// The best path this CPU supports, overridable downwards with
+/// `WARD_ISA=scalar|neon|avx2` (a path this CPU lacks is ignored).
 pub fn get() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        let best = *available().last().expect("scalar is always available");
-        match std::env::var("WARD_ISA").as_deref() {
-            Ok("scalar") => Isa::Scalar,
-            Ok("avx2") => best.min(Isa::Avx2),
-            _ => best,
-        }
+        let all = available();
+        let best = *all.last().expect("scalar is always available");
+        let want = match std::env::var("WARD_ISA").as_deref() {
+            Ok("scalar") => Some(Isa::Scalar),
+            Ok("neon") => Some(Isa::Neon),
+            Ok("avx2") => Some(Isa::Avx2),
+            _ => None,
+        };
+        want.filter(|w| all.contains(w))
+            .map_or(best, |w| w.min(best))
     })
 }
 
 /// Which summation order the packed 32-wide kernels follow.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // The x86 kernels' choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Numerics {
     /// llama.cpp's, to the bit on AVX-512 (the default; see BENCHMARKS.md, "Parity").
@@ -38,6 +48,7 @@ pub enum Numerics {
 }
 
 /// The order chosen for this process: `WARD_NUMERICS=fast`, else [`Numerics::Reference`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // The x86 kernels' choices.
 pub fn numerics() -> Numerics {
     static N: OnceLock<Numerics> = OnceLock::new();
     *N.get_or_init(|| match std::env::var("WARD_NUMERICS").as_deref() {
@@ -54,6 +65,7 @@ pub fn numerics() -> Numerics {
 /// Zen 4 runs the logic on pipes of its own and was slower through the buffer
 /// (`Q4_1/1536x576/packed/8` 48-55 -> 65-76 us), so it reads the tile. The bits are the same
 /// either way.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // The x86 kernels' choices.
 pub fn unpack_4bit_once() -> bool {
     match UNPACK_4BIT.load(std::sync::atomic::Ordering::Relaxed) {
         0 => {
@@ -66,11 +78,13 @@ pub fn unpack_4bit_once() -> bool {
 }
 
 /// Overrides [`unpack_4bit_once`] (for tests that cover both ways on any CPU).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // The x86 kernels' choices.
 pub fn set_unpack_4bit_once(on: bool) {
     UNPACK_4BIT.store(1 + u8::from(on), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// 0: not chosen yet; 1: off; 2: on.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // The x86 kernels' choices.
 static UNPACK_4BIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Whether a decode-sized batch of several passes over each tile fetches the next tile in its
@@ -83,6 +97,7 @@ static UNPACK_4BIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::n
 /// 276 -> 256); 8 batched streams of Qwen2.5-0.5B +2.8% and +3.6% (paired medians of 8 and 6
 /// runs), of SmolLM2 (whose weights the L3 holds) unchanged. Zen 4 (not measured this way)
 /// keeps the first pass's prefetch, measured there against other distances.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // The x86 kernels' choices.
 pub fn prefetch_in_later_passes() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(intel)
@@ -103,6 +118,13 @@ fn intel() -> bool {
 pub fn available() -> Vec<Isa> {
     #[allow(unused_mut)]
     let mut v = vec![Isa::Scalar];
+    #[cfg(target_arch = "aarch64")]
+    {
+        v.push(Isa::Neon);
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            v.push(Isa::NeonDot);
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
@@ -198,6 +220,10 @@ pub fn multi_rows(dtype: GgmlDType, n: usize) -> usize {
 pub fn kernel(dtype: GgmlDType, isa: Isa) -> DotFn {
     #[cfg(target_arch = "x86_64")]
     if let Some(f) = super::x86::kernel(dtype, isa) {
+        return f;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if let Some(f) = super::arm::kernel(dtype, isa) {
         return f;
     }
     let _ = isa;

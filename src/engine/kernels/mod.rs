@@ -19,6 +19,8 @@
 //! `WARD_NUMERICS=fast` (the packed 32-wide kernels in ward's own summation order instead of
 //! llama.cpp's, see `isa::Numerics`).
 
+#[cfg(target_arch = "aarch64")]
+mod arm;
 mod blocks;
 mod dequant;
 mod dot_scalar;

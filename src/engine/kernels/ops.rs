@@ -4,7 +4,6 @@
 //! Each is written once as a plain loop that the compiler vectorizes, then compiled again
 //! inside `#[target_feature]` wrappers for AVX-512 and AVX2 and picked by the runtime ISA.
 
-use super::isa::{self, Isa};
 use half::slice::HalfFloatSliceExt;
 
 /// Defines `pub fn $name` running `$imp` compiled for the best ISA detected at runtime.
@@ -18,12 +17,13 @@ macro_rules! multiversion {
                 fn v512($($a: $t),*) $(-> $r)? { $imp($($a),*) }
                 #[target_feature(enable = "avx2,fma,f16c")]
                 fn v256($($a: $t),*) $(-> $r)? { $imp($($a),*) }
+                use $crate::engine::kernels::isa::{self, Isa};
                 match isa::get() {
                     // SAFETY: AVX-512 F/BW/VL (and DQ, present on every VNNI CPU) detected.
                     Isa::Avx512 => return unsafe { v512($($a),*) },
                     // SAFETY: AVX2, FMA and F16C detected at runtime.
                     Isa::Avx2 => return unsafe { v256($($a),*) },
-                    Isa::Scalar => {}
+                    _ => {}
                 }
             }
             $imp($($a),*)

@@ -351,7 +351,7 @@ pub fn packs(dtype: GgmlDType) -> bool {
     match isa::get() {
         Isa::Avx512 => Layout::of(dtype).is_some(),
         Isa::Avx2 => Layout::of(dtype).is_some_and(|l| !l.kquant),
-        Isa::Scalar => false,
+        Isa::Scalar | Isa::Neon | Isa::NeonDot => false,
     }
 }
 

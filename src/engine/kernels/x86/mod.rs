@@ -59,6 +59,6 @@ pub fn kernel(dtype: GgmlDType, isa: Isa) -> Option<DotFn> {
             .or_else(|| avx512_k::kernel(dtype))
             .or_else(|| float::kernel512(dtype)),
         Isa::Avx2 => avx2::kernel(dtype).or_else(|| float::kernel256(dtype)),
-        Isa::Scalar => None,
+        _ => None,
     }
 }

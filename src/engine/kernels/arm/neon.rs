@@ -1,0 +1,391 @@
+//! NEON dot products for AArch64 (Graviton, Ampere, Apple silicon): the 32-wide formats one
+//! block (two 16-byte vectors) at a time, `Q4_K` / `Q5_K` / `Q6_K` 16 values at a time, up to
+//! four tokens sharing each unpacked weight block. `Q2_K` / `Q3_K` and the float formats use
+//! the portable path, which the compiler vectorizes for NEON on its own.
+//!
+//! Integer sums go through `sdot` where the CPU has the dot-product extension (ARMv8.2:
+//! Neoverse N1 and later, Apple M1 and later; [`Isa::NeonDot`](super::super::isa::Isa)), else
+//! through widening multiplies and pairwise adds, as llama.cpp's `ggml_vdotq_s32` does. Both
+//! give the same integers; each block's sum is scaled into four `f32` lanes, as llama.cpp's
+//! NEON kernels accumulate. `sdot` is written as inline assembly because its intrinsic is not
+//! stable Rust yet.
+
+use super::super::GgmlDType;
+use super::super::blocks::{BlockQ8K, BlockQ8x2, k4_scales_mins};
+use super::super::isa::DotFn;
+use std::arch::aarch64::*;
+use std::arch::asm;
+
+/// `acc` plus, in each `i32` lane, the sum of four adjacent `a · b` products (`DOT`: `sdot`),
+/// or the same total spread over the lanes differently (widening multiplies).
+///
+/// # Safety
+/// `DOT` only where the CPU has the dot-product extension.
+#[inline(always)]
+unsafe fn dot<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    if DOT {
+        let mut acc = acc;
+        // SAFETY: the caller guarantees the extension; registers only.
+        unsafe {
+            asm!(
+                ".arch_extension dotprod",
+                "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+                acc = inout(vreg) acc,
+                a = in(vreg) a,
+                b = in(vreg) b,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        acc
+    } else {
+        // `|a · b| ≤ 128 · 128` fits 16 bits; pairs go to 32 bits before they add up.
+        // SAFETY: NEON is part of every AArch64 target.
+        unsafe {
+            let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+            let hi = vmull_high_s8(a, b);
+            vpadalq_s16(vpadalq_s16(acc, lo), hi)
+        }
+    }
+}
+
+/// The IEEE half at `p` as `f32` (`fcvt`, part of every AArch64 FPU; the `f16` vector type
+/// that the intrinsic takes is not stable Rust yet).
+///
+/// # Safety
+/// Two readable bytes at `p`.
+#[inline(always)]
+unsafe fn f16(p: *const u8) -> f32 {
+    // SAFETY: as the caller guarantees.
+    let bits = unsafe { p.cast::<u16>().read_unaligned() };
+    let out: f32;
+    // SAFETY: registers only.
+    unsafe {
+        asm!(
+            "fmov {t:s}, {w:w}",
+            "fcvt {o:s}, {t:h}",
+            w = in(reg) u32::from(bits),
+            t = out(vreg) _,
+            o = lateout(vreg) out,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    out
+}
+
+/// Byte `i` is `0x10` where bit `i` of `bits` (16 bits) is set.
+#[inline(always)]
+fn bit16(bits: u32) -> uint8x16_t {
+    const SEL: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+    // SAFETY: NEON is part of every AArch64 target; `SEL` is 16 bytes.
+    unsafe {
+        let v = vcombine_u8(vdup_n_u8(bits as u8), vdup_n_u8((bits >> 8) as u8));
+        vandq_u8(vtstq_u8(v, vld1q_u8(SEL.as_ptr())), vdupq_n_u8(0x10))
+    }
+}
+
+/// One 32-wide block unpacked: values `0..16` and `16..32` as signed bytes (offset taken off,
+/// except for the formats with a minimum), `d`, and `m` (or 0).
+struct Block {
+    w: [int8x16_t; 2],
+    d: f32,
+    m: f32,
+}
+
+/// Unpacks block `p` of `dtype`.
+///
+/// # Safety
+/// A whole block of `dtype` at `p`.
+#[inline(always)]
+unsafe fn unpack(dtype: GgmlDType, p: *const u8) -> Block {
+    // SAFETY: offsets follow the GGUF block layouts; the caller guarantees the block.
+    unsafe {
+        let nibbles = |q: *const u8| {
+            let q = vld1q_u8(q);
+            [vandq_u8(q, vdupq_n_u8(0x0F)), vshrq_n_u8::<4>(q)]
+        };
+        let high = |qh: *const u8| {
+            let h = qh.cast::<u32>().read_unaligned();
+            [bit16(h), bit16(h >> 16)]
+        };
+        let signed = |v: [uint8x16_t; 2], off: u8| {
+            v.map(|v| vreinterpretq_s8_u8(vsubq_u8(v, vdupq_n_u8(off))))
+        };
+        let d = f16(p);
+        let (w, m) = match dtype {
+            GgmlDType::Q4_0 => (signed(nibbles(p.add(2)), 8), 0.0),
+            GgmlDType::Q4_1 => (signed(nibbles(p.add(4)), 0), f16(p.add(2))),
+            GgmlDType::Q5_0 => {
+                let [lo, hi] = nibbles(p.add(6));
+                let [hl, hh] = high(p.add(2));
+                (signed([vorrq_u8(lo, hl), vorrq_u8(hi, hh)], 16), 0.0)
+            }
+            GgmlDType::Q5_1 => {
+                let [lo, hi] = nibbles(p.add(8));
+                let [hl, hh] = high(p.add(4));
+                (
+                    signed([vorrq_u8(lo, hl), vorrq_u8(hi, hh)], 0),
+                    f16(p.add(2)),
+                )
+            }
+            _ => {
+                let q = p.add(2).cast::<i8>();
+                ([vld1q_s8(q), vld1q_s8(q.add(16))], 0.0)
+            }
+        };
+        Block { w, d, m }
+    }
+}
+
+/// A 32-wide weight row against `T` tokens of [`BlockQ8x2`] activations.
+///
+/// # Safety
+/// `DOT` as for [`dot`].
+#[inline(always)]
+unsafe fn legacy<const T: usize, const DOT: bool>(
+    dtype: GgmlDType,
+    w: &[u8],
+    a: &[u8],
+    arow: usize,
+    out: &mut [f32],
+) {
+    let size = dtype.type_size();
+    let nb = w.len() / size;
+    let pairs = nb.div_ceil(2);
+    assert!(out.len() == T && a.len() >= (T - 1) * arow + pairs * 192);
+    assert!((a.as_ptr() as usize).is_multiple_of(64) && arow.is_multiple_of(64));
+    // SAFETY: NEON is part of every AArch64 target; block `b` lies inside `w`, pair `b / 2`
+    // of token `t` inside `a` (asserted), 64-byte aligned.
+    unsafe {
+        let mut acc = [vdupq_n_f32(0.0); T];
+        let mut accm = [0f32; T];
+        let flip = vdupq_n_u8(0x80);
+        for b in 0..nb {
+            let blk = unpack(dtype, w.as_ptr().add(b * size));
+            let h = b % 2;
+            for t in 0..T {
+                let x = &*a.as_ptr().add(t * arow + b / 2 * 192).cast::<BlockQ8x2>();
+                let u = x.u.as_ptr().add(32 * h);
+                let x0 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(u), flip));
+                let x1 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(u.add(16)), flip));
+                let s = dot::<DOT>(dot::<DOT>(vdupq_n_s32(0), blk.w[0], x0), blk.w[1], x1);
+                acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), blk.d * x.d[8 * h]);
+                accm[t] = blk.m.mul_add(x.s[8 * h], accm[t]);
+            }
+        }
+        for t in 0..T {
+            out[t] = vaddvq_f32(acc[t]) + accm[t];
+        }
+    }
+}
+
+/// The K-quant tail shared by every format: per token, `Σ scale_g · (w_g · x_g)` over the
+/// 16-value groups of one super-block (`w` its 16 weight vectors, `sc` their scales).
+///
+/// # Safety
+/// `DOT` as for [`dot`].
+#[inline(always)]
+unsafe fn scaled_sum<const DOT: bool>(w: &[int8x16_t; 16], sc: &[i32; 16], x: &BlockQ8K) -> i32 {
+    // SAFETY: NEON is part of every AArch64 target; 256 bytes of `qs`.
+    unsafe {
+        let mut sum = vdupq_n_s32(0);
+        for g in 0..16 {
+            let xv = vld1q_s8(x.qs.as_ptr().add(16 * g));
+            sum = vmlaq_n_s32(sum, dot::<DOT>(vdupq_n_s32(0), w[g], xv), sc[g]);
+        }
+        vaddvq_s32(sum)
+    }
+}
+
+/// `Σ_g m_g · (bsums[2g] + bsums[2g+1])`: the minimum term of a `Q4_K` / `Q5_K` super-block.
+#[inline(always)]
+fn min_term(m: &[u8; 8], x: &BlockQ8K) -> i32 {
+    // SAFETY: NEON is part of every AArch64 target; 16 `i16` of `bsums`, 8 bytes of `m`.
+    unsafe {
+        let b = x.bsums.as_ptr();
+        let pairs = vpaddq_s16(vld1q_s16(b), vld1q_s16(b.add(8)));
+        let m = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(m.as_ptr())));
+        let p = vmull_s16(vget_low_s16(pairs), vget_low_s16(m));
+        vaddvq_s32(vmlal_high_s16(p, pairs, m))
+    }
+}
+
+/// One K-quant super-block unpacked.
+struct KBlock {
+    /// The values in element order, 16 a vector (`Q6_K`'s offset taken off).
+    w: [int8x16_t; 16],
+    /// The scale of each 16-value group.
+    sc: [i32; 16],
+    d: f32,
+    /// `Q4_K` / `Q5_K`: the minimums' scale and the 8 group minimums.
+    dmin: f32,
+    m: [u8; 8],
+}
+
+/// Unpacks K-quant super-block `p` of `dtype`.
+///
+/// # Safety
+/// A whole block of `dtype` at `p`.
+#[inline(always)]
+unsafe fn unpack_k(dtype: GgmlDType, p: *const u8) -> KBlock {
+    // SAFETY: offsets follow the GGUF block layouts; the caller guarantees the block.
+    unsafe {
+        let m4 = vdupq_n_u8(0x0F);
+        let mut w = [vdupq_n_s8(0); 16];
+        let s = |u: uint8x16_t| vreinterpretq_s8_u8(u);
+        match dtype {
+            GgmlDType::Q6K => {
+                let (ql, qh) = (p, p.add(128));
+                let scales = p.add(192).cast::<i8>();
+                let m3 = vdupq_n_u8(3);
+                for n in 0..2 {
+                    for l in 0..2 {
+                        let h = vld1q_u8(qh.add(32 * n + 16 * l));
+                        let a = vld1q_u8(ql.add(64 * n + 16 * l));
+                        let b = vld1q_u8(ql.add(64 * n + 32 + 16 * l));
+                        let hb = |k: i8| vshlq_n_u8::<4>(vandq_u8(vshlq_u8(h, vdupq_n_s8(-k)), m3));
+                        let v = [
+                            vorrq_u8(vandq_u8(a, m4), hb(0)),
+                            vorrq_u8(vandq_u8(b, m4), hb(2)),
+                            vorrq_u8(vshrq_n_u8::<4>(a), hb(4)),
+                            vorrq_u8(vshrq_n_u8::<4>(b), hb(6)),
+                        ];
+                        for (k, v) in v.into_iter().enumerate() {
+                            // Elements `128n + 32k + 16l ..+16`: vector `8n + 2k + l`.
+                            w[8 * n + 2 * k + l] = vsubq_s8(s(v), vdupq_n_s8(32));
+                        }
+                    }
+                }
+                let sc = std::array::from_fn(|g| i32::from(*scales.add(g)));
+                KBlock {
+                    w,
+                    sc,
+                    d: f16(p.add(208)),
+                    dmin: 0.0,
+                    m: [0; 8],
+                }
+            }
+            _ => {
+                let five = dtype == GgmlDType::Q5K;
+                let scales = p.add(4).cast::<[u8; 12]>().read_unaligned();
+                let (sc8, m) = k4_scales_mins(&scales);
+                let (qh, qs) = if five {
+                    (p.add(16), p.add(48))
+                } else {
+                    (p, p.add(16))
+                };
+                for c in 0..4 {
+                    for l in 0..2 {
+                        let q = vld1q_u8(qs.add(32 * c + 16 * l));
+                        let (mut lo, mut hi) = (vandq_u8(q, m4), vshrq_n_u8::<4>(q));
+                        if five {
+                            let h = vld1q_u8(qh.add(16 * l));
+                            let bit =
+                                |k: u8| vandq_u8(vtstq_u8(h, vdupq_n_u8(1 << k)), vdupq_n_u8(0x10));
+                            lo = vorrq_u8(lo, bit(2 * c as u8));
+                            hi = vorrq_u8(hi, bit(2 * c as u8 + 1));
+                        }
+                        // Elements `64c + 16l ..` and `64c + 32 + 16l ..`.
+                        w[4 * c + l] = s(lo);
+                        w[4 * c + 2 + l] = s(hi);
+                    }
+                }
+                let sc = std::array::from_fn(|g| i32::from(sc8[g / 2]));
+                KBlock {
+                    w,
+                    sc,
+                    d: f16(p),
+                    dmin: f16(p.add(2)),
+                    m,
+                }
+            }
+        }
+    }
+}
+
+/// A K-quant weight row against `T` tokens of [`BlockQ8K`] activations.
+///
+/// # Safety
+/// `DOT` as for [`dot`].
+#[inline(always)]
+unsafe fn kquant<const T: usize, const DOT: bool>(
+    dtype: GgmlDType,
+    w: &[u8],
+    a: &[u8],
+    arow: usize,
+    out: &mut [f32],
+) {
+    let size = dtype.type_size();
+    let nb = w.len() / size;
+    assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * size_of::<BlockQ8K>());
+    assert!((a.as_ptr() as usize).is_multiple_of(64) && arow.is_multiple_of(64));
+    let mut acc = [0f32; T];
+    for b in 0..nb {
+        // SAFETY: block `b` lies inside `w`; block `b` of token `t` inside `a` (asserted),
+        // 64-byte aligned.
+        unsafe {
+            let k = unpack_k(dtype, w.as_ptr().add(b * size));
+            for t in 0..T {
+                let x = &*a
+                    .as_ptr()
+                    .add(t * arow + b * size_of::<BlockQ8K>())
+                    .cast::<BlockQ8K>();
+                let sum = scaled_sum::<DOT>(&k.w, &k.sc, x);
+                acc[t] += if dtype == GgmlDType::Q6K {
+                    x.d * k.d * sum as f32
+                } else {
+                    x.d * (k.d * sum as f32 - k.dmin * min_term(&k.m, x) as f32)
+                };
+            }
+        }
+    }
+    out.copy_from_slice(&acc);
+}
+
+/// Wraps `$f::<T, $dot>(dtype, w, a, arow, out)` into a [`DotFn`], up to four tokens a call.
+macro_rules! tokens {
+    ($f:ident, $dt:ident, $dot:literal) => {{
+        #[target_feature(enable = "neon")]
+        unsafe fn run(w: &[u8], a: &[u8], arow: usize, out: &mut [f32]) {
+            let d = GgmlDType::$dt;
+            // SAFETY: `$dot` only in the table for CPUs with the dot-product extension; the
+            // kernels check the lengths.
+            unsafe {
+                for (c, out) in out.chunks_mut(4).enumerate() {
+                    let a = &a[4 * c * arow..];
+                    match out.len() {
+                        1 => $f::<1, $dot>(d, w, a, arow, out),
+                        2 => $f::<2, $dot>(d, w, a, arow, out),
+                        3 => $f::<3, $dot>(d, w, a, arow, out),
+                        _ => $f::<4, $dot>(d, w, a, arow, out),
+                    }
+                }
+            }
+        }
+        run as DotFn
+    }};
+}
+
+/// The NEON dot product for `dtype` (`dot`: with `sdot`), if there is one.
+pub fn kernel(dtype: GgmlDType, dot: bool) -> Option<DotFn> {
+    use GgmlDType::*;
+    macro_rules! pick {
+        ($f:ident, $dt:ident) => {
+            if dot {
+                tokens!($f, $dt, true)
+            } else {
+                tokens!($f, $dt, false)
+            }
+        };
+    }
+    Some(match dtype {
+        Q4_0 => pick!(legacy, Q4_0),
+        Q4_1 => pick!(legacy, Q4_1),
+        Q5_0 => pick!(legacy, Q5_0),
+        Q5_1 => pick!(legacy, Q5_1),
+        Q8_0 => pick!(legacy, Q8_0),
+        Q4K => pick!(kquant, Q4K),
+        Q5K => pick!(kquant, Q5K),
+        Q6K => pick!(kquant, Q6K),
+        _ => return None,
+    })
+}
