@@ -571,3 +571,86 @@ fn packed_q6k_batches_give_a_token_the_same_bits_in_any_pass() {
         }
     }
 }
+
+/// llama.cpp's x86 order for one 32-wide weight row and one token: per block eight 4-value
+/// integer sums, each scaled (`d_w · d_x`) into its own lane with a fused multiply-add, the
+/// lanes folded as `hsum_float_8` folds them, the minimum term fused into its own sum.
+fn llama_order_row(dtype: GgmlDType, row: &[u8], x: &[blocks::BlockQ8x2]) -> f32 {
+    use blocks::f16_le;
+    let size = dtype.type_size();
+    let (mut lanes, mut summ) = ([0f32; 8], 0f32);
+    for (b, blk) in row.chunks_exact(size).enumerate() {
+        let nib = |qs: &[u8]| -> [i32; 32] {
+            std::array::from_fn(|i| i32::from(if i < 16 { qs[i] & 0xF } else { qs[i - 16] >> 4 }))
+        };
+        let five = |qh: &[u8], qs: &[u8]| -> [i32; 32] {
+            let v = dequant::q5_values(qh.try_into().unwrap(), qs.try_into().unwrap());
+            v.map(i32::from)
+        };
+        let (v, m): ([i32; 32], f32) = match dtype {
+            GgmlDType::Q4_0 => (nib(&blk[2..]).map(|q| q - 8), 0.0),
+            GgmlDType::Q4_1 => (nib(&blk[4..]), f16_le([blk[2], blk[3]])),
+            GgmlDType::Q5_0 => (five(&blk[2..6], &blk[6..]).map(|q| q - 16), 0.0),
+            GgmlDType::Q5_1 => (five(&blk[4..8], &blk[8..]), f16_le([blk[2], blk[3]])),
+            _ => (std::array::from_fn(|i| i32::from(blk[2 + i] as i8)), 0.0),
+        };
+        let (xb, h) = (&x[b / 2], b % 2);
+        let scale = f16_le([blk[0], blk[1]]) * xb.d[8 * h];
+        for (k, lane) in lanes.iter_mut().enumerate() {
+            let s: i32 = (4 * k..4 * k + 4)
+                .map(|i| v[i] * i32::from(xb.q(h, i)))
+                .sum();
+            *lane = (s as f32).mul_add(scale, *lane);
+        }
+        summ = m.mul_add(xb.s[8 * h], summ);
+    }
+    let l = lanes;
+    (((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))) + summ
+}
+
+/// The SIMD row kernels of the 32-wide formats on AVX2 and on NEON (with and without `sdot`)
+/// sum in llama.cpp's x86 order, so they give the same bits on either architecture, for any
+/// token of a batch.
+#[test]
+fn row_kernels_32_wide_sum_in_llama_cpp_order() {
+    let paths: Vec<Isa> = isa::available()
+        .into_iter()
+        .filter(|i| matches!(i, Isa::Avx2 | Isa::Neon | Isa::NeonDot))
+        .collect();
+    fn one<T: GgmlType>(dtype: GgmlDType, paths: &[Isa]) {
+        let mut rng = StdRng::seed_from_u64(0x11 ^ dtype as u64);
+        let (rows, cols) = (13, 576);
+        let (bytes, _) = via_candle::<T>(&mut rng, rows, cols);
+        let w = QMatrix::new(dtype, rows, cols, &bytes).unwrap();
+        let rb = bytes.len() / rows;
+        for n in [1, 3, 6] {
+            let x = randn(&mut rng, n * cols);
+            let want: Vec<u32> = (0..n)
+                .flat_map(|t| {
+                    let mut q = vec![
+                        blocks::BlockQ8x2 {
+                            u: [0; 64],
+                            d: [0.0; 16],
+                            s: [0.0; 16],
+                        };
+                        cols.div_ceil(64)
+                    ];
+                    quant::quantize_q8(&x[t * cols..(t + 1) * cols], &mut q, has_min(dtype));
+                    (0..rows)
+                        .map(|r| llama_order_row(dtype, &bytes[r * rb..(r + 1) * rb], &q).to_bits())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for &is in paths {
+                let mut got = vec![0f32; n * rows];
+                matmul_isa(&w, &x, n, &mut got, is);
+                let got: Vec<u32> = got.iter().map(|f| f.to_bits()).collect();
+                assert_eq!(got, want, "{dtype:?} {is:?} {n} tokens");
+            }
+        }
+    }
+    macro_rules! with_paths {
+        ($($t:ident $d:ident),*) => { $(one::<ck::$t>(GgmlDType::$d, &paths);)* };
+    }
+    with_paths!(BlockQ4_0 Q4_0, BlockQ4_1 Q4_1, BlockQ5_0 Q5_0, BlockQ5_1 Q5_1, BlockQ8_0 Q8_0);
+}

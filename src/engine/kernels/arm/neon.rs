@@ -5,10 +5,12 @@
 //!
 //! Integer sums go through `sdot` where the CPU has the dot-product extension (ARMv8.2:
 //! Neoverse N1 and later, Apple M1 and later; [`Isa::NeonDot`](super::super::isa::Isa)), else
-//! through widening multiplies and pairwise adds, as llama.cpp's `ggml_vdotq_s32` does. Both
-//! give the same integers; each block's sum is scaled into four `f32` lanes, as llama.cpp's
-//! NEON kernels accumulate. `sdot` is written as inline assembly because its intrinsic is not
-//! stable Rust yet.
+//! through widening multiplies and pairwise adds; both give the same 4-value sums in the same
+//! lanes. The 32-wide formats sum in the order of llama.cpp's x86 kernels (as `x86/avx2.rs`
+//! does: eight 4-value sums per block, each scaled into its own `f32` lane, the lanes folded as
+//! `hsum_float_8` folds them), so their products equal the x86 ones to the bit and the greedy
+//! references of `tests/greedy_reference.rs` hold on AArch64 too. `sdot` is written as inline
+//! assembly because its intrinsic is not stable Rust yet.
 
 use super::super::GgmlDType;
 use super::super::blocks::{BlockQ8K, BlockQ8x2, k4_scales_mins};
@@ -16,8 +18,8 @@ use super::super::isa::DotFn;
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-/// `acc` plus, in each `i32` lane, the sum of four adjacent `a · b` products (`DOT`: `sdot`),
-/// or the same total spread over the lanes differently (widening multiplies).
+/// `acc` plus, in each `i32` lane `k`, the sum of the products `a · b` of bytes `4k..4k+4`
+/// (`DOT`: `sdot`; else widening multiplies and two pairwise adds).
 ///
 /// # Safety
 /// `DOT` only where the CPU has the dot-product extension.
@@ -41,9 +43,9 @@ unsafe fn dot<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> in
         // `|a · b| ≤ 128 · 128` fits 16 bits; pairs go to 32 bits before they add up.
         // SAFETY: NEON is part of every AArch64 target.
         unsafe {
-            let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-            let hi = vmull_high_s8(a, b);
-            vpadalq_s16(vpadalq_s16(acc, lo), hi)
+            let lo = vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)));
+            let hi = vpaddlq_s16(vmull_high_s8(a, b));
+            vaddq_s32(acc, vpaddq_s32(lo, hi))
         }
     }
 }
@@ -136,7 +138,21 @@ unsafe fn unpack(dtype: GgmlDType, p: *const u8) -> Block {
     }
 }
 
-/// A 32-wide weight row against `T` tokens of [`BlockQ8x2`] activations.
+/// `hsum_float_8`'s fold of eight lanes (`lo`: 0-3, `hi`: 4-7):
+/// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`.
+#[inline(always)]
+fn hsum8(lo: float32x4_t, hi: float32x4_t) -> f32 {
+    // SAFETY: NEON is part of every AArch64 target.
+    unsafe {
+        let v = vaddq_f32(lo, hi);
+        let h = vadd_f32(vget_low_f32(v), vget_high_f32(v));
+        vget_lane_f32::<0>(h) + vget_lane_f32::<1>(h)
+    }
+}
+
+/// A 32-wide weight row against `T` tokens of [`BlockQ8x2`] activations, in llama.cpp's
+/// order (see the module docs); the minimum term accumulates apart, fused, as its build
+/// contracts `summs += m * s`.
 ///
 /// # Safety
 /// `DOT` as for [`dot`].
@@ -156,7 +172,7 @@ unsafe fn legacy<const T: usize, const DOT: bool>(
     // SAFETY: NEON is part of every AArch64 target; block `b` lies inside `w`, pair `b / 2`
     // of token `t` inside `a` (asserted), 64-byte aligned.
     unsafe {
-        let mut acc = [vdupq_n_f32(0.0); T];
+        let mut acc = [[vdupq_n_f32(0.0); 2]; T];
         let mut accm = [0f32; T];
         let flip = vdupq_n_u8(0x80);
         for b in 0..nb {
@@ -167,13 +183,16 @@ unsafe fn legacy<const T: usize, const DOT: bool>(
                 let u = x.u.as_ptr().add(32 * h);
                 let x0 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(u), flip));
                 let x1 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(u.add(16)), flip));
-                let s = dot::<DOT>(dot::<DOT>(vdupq_n_s32(0), blk.w[0], x0), blk.w[1], x1);
-                acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), blk.d * x.d[8 * h]);
+                let scale = blk.d * x.d[8 * h];
+                for (k, xv) in [x0, x1].into_iter().enumerate() {
+                    let s = dot::<DOT>(vdupq_n_s32(0), blk.w[k], xv);
+                    acc[t][k] = vfmaq_n_f32(acc[t][k], vcvtq_f32_s32(s), scale);
+                }
                 accm[t] = blk.m.mul_add(x.s[8 * h], accm[t]);
             }
         }
         for t in 0..T {
-            out[t] = vaddvq_f32(acc[t]) + accm[t];
+            out[t] = hsum8(acc[t][0], acc[t][1]) + accm[t];
         }
     }
 }
