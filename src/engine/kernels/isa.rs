@@ -192,12 +192,14 @@ pub fn act(dtype: GgmlDType) -> Act {
 }
 
 /// The dot product in llama.cpp's multi-row order for the first [`multi_rows`] tokens of a
-/// batch, where `isa` has one that differs from [`kernel`]'s one-row order (AVX2 `Q4_K` and
-/// `Q6_K`; the packed kernels take this choice themselves).
+/// batch, where `isa` has one that differs from [`kernel`]'s one-row order (`Q4_K` and `Q6_K`
+/// on AVX2 and NEON; the packed kernels take this choice themselves).
 pub fn kernel_multi(dtype: GgmlDType, isa: Isa) -> Option<DotFn> {
     #[cfg(target_arch = "x86_64")]
     return super::x86::kernel_multi(dtype, isa);
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    return super::arm::kernel_multi(dtype, isa);
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = (dtype, isa);
         None

@@ -654,3 +654,131 @@ fn row_kernels_32_wide_sum_in_llama_cpp_order() {
     }
     with_paths!(BlockQ4_0 Q4_0, BlockQ4_1 Q4_1, BlockQ5_0 Q5_0, BlockQ5_1 Q5_1, BlockQ8_0 Q8_0);
 }
+
+/// llama.cpp's x86 orders for one K-quant weight row and one token (see `x86/avx2.rs`,
+/// `kquant`), `multi` for the tokens its multi-row kernels take.
+fn llama_order_row_k(dtype: GgmlDType, row: &[u8], x: &[blocks::BlockQ8K], multi: bool) -> f32 {
+    use blocks::f16_le;
+    let size = dtype.type_size();
+    let (mut acc, mut accm, mut lanes) = (0f32, 0f32, [0f32; 8]);
+    for (blk, x) in row.chunks_exact(size).zip(x) {
+        let dot = |v: &dyn Fn(usize) -> i32, r: std::ops::Range<usize>| -> i32 {
+            r.map(|i| v(i) * i32::from(x.qs[i])).sum()
+        };
+        if dtype == GgmlDType::Q6K {
+            let b: &blocks::BlockQ6K = &blocks::cast(blk)[0];
+            let v = dequant::q6k_values(&b.ql, &b.qh);
+            let stored = |i: usize| i32::from(v[i]) + 32;
+            let sc = |g: usize| i32::from(b.scales[g]);
+            let d = f16_le(b.d);
+            // Lane `l`: bytes `4l..4l+4` of each 32-value run, scaled by its 16-value group's
+            // scale, less `32 Σ sc · bsum` over groups `2l`, `2l + 1`.
+            let lane: [i32; 8] = std::array::from_fn(|l| {
+                let p: i32 = (0..8)
+                    .map(|run| {
+                        let at = 32 * run + 4 * l;
+                        sc(at / 16) * dot(&stored, at..at + 4)
+                    })
+                    .sum();
+                let bs = |g: usize| i32::from(x.bsums[g]) * sc(g);
+                p - 32 * (bs(2 * l) + bs(2 * l + 1))
+            });
+            if multi {
+                let total: i32 = lane.iter().sum();
+                acc = (total as f32 * d).mul_add(x.d, acc);
+            } else {
+                for (f, &s) in lanes.iter_mut().zip(&lane) {
+                    *f = (s as f32).mul_add(d * x.d, *f);
+                }
+            }
+            continue;
+        }
+        let q5 = dtype == GgmlDType::Q5K;
+        let (d, dmin) = (f16_le([blk[0], blk[1]]), f16_le([blk[2], blk[3]]));
+        let (sc, m) = blocks::k4_scales_mins(blk[4..16].try_into().unwrap());
+        let v = if q5 {
+            dequant::q5k_values(
+                blk[16..48].try_into().unwrap(),
+                blk[48..].try_into().unwrap(),
+            )
+        } else {
+            dequant::q4k_values(blk[16..].try_into().unwrap())
+        };
+        let val = |i: usize| i32::from(v[i]);
+        let (dx, dmx) = (d * x.d, dmin * x.d);
+        let group = |g: usize| i32::from(sc[g]) * dot(&val, 32 * g..32 * g + 32);
+        let mins = |g: usize| i32::from(m[g]) * i32::from(x.bsum32[g]);
+        if multi && !q5 {
+            for c in 0..4 {
+                let cs = group(2 * c) + group(2 * c + 1);
+                acc = (cs as f32).mul_add(dx, acc);
+                accm = ((mins(2 * c) + mins(2 * c + 1)) as f32).mul_add(dmx, accm);
+            }
+            continue;
+        }
+        let isum: i32 = (0..8).map(group).sum();
+        let im = (0..8).map(mins).sum::<i32>() as f32;
+        acc = (isum as f32).mul_add(dx, acc);
+        if q5 {
+            acc = (-im).mul_add(dmx, acc);
+        } else {
+            accm = im.mul_add(dmx, accm);
+        }
+    }
+    if dtype == GgmlDType::Q6K && !multi {
+        let l = lanes;
+        ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+    } else {
+        acc - accm
+    }
+}
+
+/// The SIMD K-quant row kernels on AVX2 and on NEON (with and without `sdot`) sum in the
+/// orders of llama.cpp's x86 kernels, its multi-row ones for the leading tokens of a batch
+/// that `isa::multi_rows` names: the same bits on either architecture.
+#[test]
+fn row_kernels_k_quants_sum_in_llama_cpp_order() {
+    let paths: Vec<Isa> = isa::available()
+        .into_iter()
+        .filter(|i| matches!(i, Isa::Avx2 | Isa::Neon | Isa::NeonDot))
+        .collect();
+    fn one<T: GgmlType>(dtype: GgmlDType, paths: &[Isa]) {
+        let mut rng = StdRng::seed_from_u64(0x1c ^ dtype as u64);
+        let (rows, cols) = (11, 768);
+        let (bytes, _) = via_candle::<T>(&mut rng, rows, cols);
+        let w = QMatrix::new(dtype, rows, cols, &bytes).unwrap();
+        let rb = bytes.len() / rows;
+        for n in [1, 3, 4, 6, 8, 9] {
+            let x = randn(&mut rng, n * cols);
+            let multi = isa::multi_rows(dtype, n);
+            let want: Vec<u32> = (0..n)
+                .flat_map(|t| {
+                    let zero = blocks::BlockQ8K {
+                        qs: [0; 256],
+                        bsums: [0; 16],
+                        d: 0.0,
+                        bsum32: [0; 8],
+                        pad: [0; 12],
+                    };
+                    let mut q = vec![zero; cols / 256];
+                    quant::quantize_q8k(&x[t * cols..(t + 1) * cols], &mut q);
+                    (0..rows)
+                        .map(|r| {
+                            let row = &bytes[r * rb..(r + 1) * rb];
+                            llama_order_row_k(dtype, row, &q, t < multi).to_bits()
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for &is in paths {
+                let mut got = vec![0f32; n * rows];
+                matmul_isa(&w, &x, n, &mut got, is);
+                let got: Vec<u32> = got.iter().map(|f| f.to_bits()).collect();
+                assert_eq!(got, want, "{dtype:?} {is:?} {n} tokens");
+            }
+        }
+    }
+    one::<ck::BlockQ4K>(GgmlDType::Q4K, &paths);
+    one::<ck::BlockQ5K>(GgmlDType::Q5K, &paths);
+    one::<ck::BlockQ6K>(GgmlDType::Q6K, &paths);
+}

@@ -197,24 +197,6 @@ unsafe fn legacy<const T: usize, const DOT: bool>(
     }
 }
 
-/// The K-quant tail shared by every format: per token, `Σ scale_g · (w_g · x_g)` over the
-/// 16-value groups of one super-block (`w` its 16 weight vectors, `sc` their scales).
-///
-/// # Safety
-/// `DOT` as for [`dot`].
-#[inline(always)]
-unsafe fn scaled_sum<const DOT: bool>(w: &[int8x16_t; 16], sc: &[i32; 16], x: &BlockQ8K) -> i32 {
-    // SAFETY: NEON is part of every AArch64 target; 256 bytes of `qs`.
-    unsafe {
-        let mut sum = vdupq_n_s32(0);
-        for g in 0..16 {
-            let xv = vld1q_s8(x.qs.as_ptr().add(16 * g));
-            sum = vmlaq_n_s32(sum, dot::<DOT>(vdupq_n_s32(0), w[g], xv), sc[g]);
-        }
-        vaddvq_s32(sum)
-    }
-}
-
 /// `Σ_g m_g · (bsums[2g] + bsums[2g+1])`: the minimum term of a `Q4_K` / `Q5_K` super-block.
 #[inline(always)]
 fn min_term(m: &[u8; 8], x: &BlockQ8K) -> i32 {
@@ -230,7 +212,7 @@ fn min_term(m: &[u8; 8], x: &BlockQ8K) -> i32 {
 
 /// One K-quant super-block unpacked.
 struct KBlock {
-    /// The values in element order, 16 a vector (`Q6_K`'s offset taken off).
+    /// The stored values in element order, 16 a vector (`Q6_K`'s as `q + 32`).
     w: [int8x16_t; 16],
     /// The scale of each 16-value group.
     sc: [i32; 16],
@@ -251,82 +233,106 @@ unsafe fn unpack_k(dtype: GgmlDType, p: *const u8) -> KBlock {
         let m4 = vdupq_n_u8(0x0F);
         let mut w = [vdupq_n_s8(0); 16];
         let s = |u: uint8x16_t| vreinterpretq_s8_u8(u);
-        match dtype {
-            GgmlDType::Q6K => {
-                let (ql, qh) = (p, p.add(128));
-                let scales = p.add(192).cast::<i8>();
-                let m3 = vdupq_n_u8(3);
-                for n in 0..2 {
-                    for l in 0..2 {
-                        let h = vld1q_u8(qh.add(32 * n + 16 * l));
-                        let a = vld1q_u8(ql.add(64 * n + 16 * l));
-                        let b = vld1q_u8(ql.add(64 * n + 32 + 16 * l));
-                        let hb = |k: i8| vshlq_n_u8::<4>(vandq_u8(vshlq_u8(h, vdupq_n_s8(-k)), m3));
-                        let v = [
-                            vorrq_u8(vandq_u8(a, m4), hb(0)),
-                            vorrq_u8(vandq_u8(b, m4), hb(2)),
-                            vorrq_u8(vshrq_n_u8::<4>(a), hb(4)),
-                            vorrq_u8(vshrq_n_u8::<4>(b), hb(6)),
-                        ];
-                        for (k, v) in v.into_iter().enumerate() {
-                            // Elements `128n + 32k + 16l ..+16`: vector `8n + 2k + l`.
-                            w[8 * n + 2 * k + l] = vsubq_s8(s(v), vdupq_n_s8(32));
-                        }
+        if dtype == GgmlDType::Q6K {
+            let (ql, qh) = (p, p.add(128));
+            let scales = p.add(192).cast::<i8>();
+            let m3 = vdupq_n_u8(3);
+            for n in 0..2 {
+                for l in 0..2 {
+                    let h = vld1q_u8(qh.add(32 * n + 16 * l));
+                    let a = vld1q_u8(ql.add(64 * n + 16 * l));
+                    let b = vld1q_u8(ql.add(64 * n + 32 + 16 * l));
+                    let hb = |k: i8| vshlq_n_u8::<4>(vandq_u8(vshlq_u8(h, vdupq_n_s8(-k)), m3));
+                    let v = [
+                        vorrq_u8(vandq_u8(a, m4), hb(0)),
+                        vorrq_u8(vandq_u8(b, m4), hb(2)),
+                        vorrq_u8(vshrq_n_u8::<4>(a), hb(4)),
+                        vorrq_u8(vshrq_n_u8::<4>(b), hb(6)),
+                    ];
+                    for (k, v) in v.into_iter().enumerate() {
+                        // Elements `128n + 32k + 16l ..+16`: vector `8n + 2k + l`.
+                        w[8 * n + 2 * k + l] = s(v);
                     }
                 }
-                let sc = std::array::from_fn(|g| i32::from(*scales.add(g)));
-                KBlock {
-                    w,
-                    sc,
-                    d: f16(p.add(208)),
-                    dmin: 0.0,
-                    m: [0; 8],
-                }
             }
-            _ => {
-                let five = dtype == GgmlDType::Q5K;
-                let scales = p.add(4).cast::<[u8; 12]>().read_unaligned();
-                let (sc8, m) = k4_scales_mins(&scales);
-                let (qh, qs) = if five {
-                    (p.add(16), p.add(48))
-                } else {
-                    (p, p.add(16))
-                };
-                for c in 0..4 {
-                    for l in 0..2 {
-                        let q = vld1q_u8(qs.add(32 * c + 16 * l));
-                        let (mut lo, mut hi) = (vandq_u8(q, m4), vshrq_n_u8::<4>(q));
-                        if five {
-                            let h = vld1q_u8(qh.add(16 * l));
-                            let bit =
-                                |k: u8| vandq_u8(vtstq_u8(h, vdupq_n_u8(1 << k)), vdupq_n_u8(0x10));
-                            lo = vorrq_u8(lo, bit(2 * c as u8));
-                            hi = vorrq_u8(hi, bit(2 * c as u8 + 1));
-                        }
-                        // Elements `64c + 16l ..` and `64c + 32 + 16l ..`.
-                        w[4 * c + l] = s(lo);
-                        w[4 * c + 2 + l] = s(hi);
-                    }
+            return KBlock {
+                w,
+                sc: std::array::from_fn(|g| i32::from(*scales.add(g))),
+                d: f16(p.add(208)),
+                dmin: 0.0,
+                m: [0; 8],
+            };
+        }
+        let five = dtype == GgmlDType::Q5K;
+        let scales = p.add(4).cast::<[u8; 12]>().read_unaligned();
+        let (sc8, m) = k4_scales_mins(&scales);
+        let (qh, qs) = if five {
+            (p.add(16), p.add(48))
+        } else {
+            (p, p.add(16))
+        };
+        for c in 0..4 {
+            for l in 0..2 {
+                let q = vld1q_u8(qs.add(32 * c + 16 * l));
+                let (mut lo, mut hi) = (vandq_u8(q, m4), vshrq_n_u8::<4>(q));
+                if five {
+                    let h = vld1q_u8(qh.add(16 * l));
+                    let bit = |k: u8| vandq_u8(vtstq_u8(h, vdupq_n_u8(1 << k)), vdupq_n_u8(0x10));
+                    lo = vorrq_u8(lo, bit(2 * c as u8));
+                    hi = vorrq_u8(hi, bit(2 * c as u8 + 1));
                 }
-                let sc = std::array::from_fn(|g| i32::from(sc8[g / 2]));
-                KBlock {
-                    w,
-                    sc,
-                    d: f16(p),
-                    dmin: f16(p.add(2)),
-                    m,
-                }
+                // Elements `64c + 16l ..` and `64c + 32 + 16l ..`.
+                w[4 * c + l] = s(lo);
+                w[4 * c + 2 + l] = s(hi);
             }
+        }
+        KBlock {
+            w,
+            sc: std::array::from_fn(|g| i32::from(sc8[g / 2])),
+            d: f16(p),
+            dmin: f16(p.add(2)),
+            m,
         }
     }
 }
 
-/// A K-quant weight row against `T` tokens of [`BlockQ8K`] activations.
+/// `Σ sc_v · (w_v · x_v)` over vectors `vs` of a super-block, spread over 4 lanes.
 ///
 /// # Safety
 /// `DOT` as for [`dot`].
 #[inline(always)]
-unsafe fn kquant<const T: usize, const DOT: bool>(
+unsafe fn scaled<const DOT: bool>(
+    k: &KBlock,
+    x: &BlockQ8K,
+    vs: impl Iterator<Item = usize>,
+) -> int32x4_t {
+    // SAFETY: NEON is part of every AArch64 target; `v < 16`, so 16 bytes at `16v` of `qs`.
+    unsafe {
+        let mut sum = vdupq_n_s32(0);
+        for v in vs {
+            let xv = vld1q_s8(x.qs.as_ptr().add(16 * v));
+            sum = vmlaq_n_s32(sum, dot::<DOT>(vdupq_n_s32(0), k.w[v], xv), k.sc[v]);
+        }
+        sum
+    }
+}
+
+/// A K-quant weight row against `T` tokens of [`BlockQ8K`] activations, in the orders of
+/// llama.cpp's x86 kernels (as `x86/avx2.rs` computes them; the integer sums are exact, so
+/// only the `f32` steps matter):
+/// - `Q4_K` as its repacked kernels: one sum and one for the minimum terms, subtracted at the
+///   end; the multi-row kernel (`MULTI`) accumulates every 64 values, the one-row kernel every
+///   block. `Q5_K` takes both terms into one sum per block.
+/// - `Q6_K` one-row: eight integer lanes per block (lane `l`: bytes `4l..4l+4` of each 32-value
+///   run of stored `q + 32` values, less `32 Σ sc · bsum` over groups `2l`, `2l + 1`), each
+///   accumulated in its own `f32` lane, folded as `hsum_float_8`; multi-row (batches of 8 or
+///   more): one integer sum per block times the weight's scale, fused onto the sum with the
+///   activation's.
+///
+/// # Safety
+/// `DOT` as for [`dot`].
+#[inline(always)]
+unsafe fn kquant<const T: usize, const DOT: bool, const MULTI: bool>(
     dtype: GgmlDType,
     w: &[u8],
     a: &[u8],
@@ -337,27 +343,109 @@ unsafe fn kquant<const T: usize, const DOT: bool>(
     let nb = w.len() / size;
     assert!(out.len() == T && a.len() >= (T - 1) * arow + nb * size_of::<BlockQ8K>());
     assert!((a.as_ptr() as usize).is_multiple_of(64) && arow.is_multiple_of(64));
-    let mut acc = [0f32; T];
+    let q6 = dtype == GgmlDType::Q6K;
+    let q5 = dtype == GgmlDType::Q5K;
+    let (mut acc, mut accm) = ([0f32; T], [0f32; T]);
+    // SAFETY (all blocks below): NEON is part of every AArch64 target; block `b` lies inside
+    // `w`, block `b` of token `t` inside `a` (asserted), 64-byte aligned.
+    let mut lanes = [[unsafe { vdupq_n_f32(0.0) }; 2]; T];
     for b in 0..nb {
-        // SAFETY: block `b` lies inside `w`; block `b` of token `t` inside `a` (asserted),
-        // 64-byte aligned.
-        unsafe {
-            let k = unpack_k(dtype, w.as_ptr().add(b * size));
-            for t in 0..T {
-                let x = &*a
-                    .as_ptr()
+        let k = unsafe { unpack_k(dtype, w.as_ptr().add(b * size)) };
+        for t in 0..T {
+            let x = unsafe {
+                &*a.as_ptr()
                     .add(t * arow + b * size_of::<BlockQ8K>())
-                    .cast::<BlockQ8K>();
-                let sum = scaled_sum::<DOT>(&k.w, &k.sc, x);
-                acc[t] += if dtype == GgmlDType::Q6K {
-                    x.d * k.d * sum as f32
-                } else {
-                    x.d * (k.d * sum as f32 - k.dmin * min_term(&k.m, x) as f32)
+                    .cast::<BlockQ8K>()
+            };
+            let (dx, dmx) = (k.d * x.d, k.dmin * x.d);
+            if q6 {
+                // Lanes 0-3 from the first 16 bytes of each 32-value run, 4-7 from the rest.
+                let half = |h: usize| unsafe { scaled::<DOT>(&k, x, (h..16).step_by(2)) };
+                let corr = |h: usize| unsafe {
+                    let bs = vld1q_s16(x.bsums.as_ptr().add(8 * h));
+                    let sc = vmovl_s8(vld1_s8(p_sc(&k, h).as_ptr()));
+                    let p = vpaddq_s32(
+                        vmull_s16(vget_low_s16(bs), vget_low_s16(sc)),
+                        vmull_high_s16(bs, sc),
+                    );
+                    vshlq_n_s32::<5>(p)
                 };
+                let isum = [0, 1].map(|h| unsafe { vsubq_s32(half(h), corr(h)) });
+                if MULTI {
+                    let total = unsafe { vaddvq_s32(vaddq_s32(isum[0], isum[1])) };
+                    acc[t] = (total as f32 * k.d).mul_add(x.d, acc[t]);
+                } else {
+                    for h in 0..2 {
+                        lanes[t][h] =
+                            unsafe { vfmaq_n_f32(lanes[t][h], vcvtq_f32_s32(isum[h]), dx) };
+                    }
+                }
+                continue;
+            }
+            if MULTI && !q5 {
+                for c in 0..4 {
+                    let cs = unsafe { vaddvq_s32(scaled::<DOT>(&k, x, 4 * c..4 * c + 4)) };
+                    let im = i32::from(x.bsum32[2 * c]) * i32::from(k.m[2 * c])
+                        + i32::from(x.bsum32[2 * c + 1]) * i32::from(k.m[2 * c + 1]);
+                    acc[t] = (cs as f32).mul_add(dx, acc[t]);
+                    accm[t] = (im as f32).mul_add(dmx, accm[t]);
+                }
+                continue;
+            }
+            let isum = unsafe { vaddvq_s32(scaled::<DOT>(&k, x, 0..16)) };
+            let im = min_term(&k.m, x) as f32;
+            acc[t] = (isum as f32).mul_add(dx, acc[t]);
+            if q5 {
+                acc[t] = (-im).mul_add(dmx, acc[t]);
+            } else {
+                accm[t] = im.mul_add(dmx, accm[t]);
             }
         }
     }
-    out.copy_from_slice(&acc);
+    for t in 0..T {
+        out[t] = if q6 && !MULTI {
+            hsum8(lanes[t][0], lanes[t][1])
+        } else {
+            acc[t] - accm[t]
+        };
+    }
+}
+
+/// The 8 scales of `Q6_K` lanes `4h..4h+4`'s correction: scales `8h..8h+8` as bytes.
+fn p_sc(k: &KBlock, h: usize) -> [i8; 8] {
+    std::array::from_fn(|i| k.sc[8 * h + i] as i8)
+}
+
+/// [`kquant`] in llama.cpp's one-row orders.
+///
+/// # Safety
+/// As [`kquant`].
+#[inline(always)]
+unsafe fn kquant_row<const T: usize, const DOT: bool>(
+    dtype: GgmlDType,
+    w: &[u8],
+    a: &[u8],
+    arow: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: as the caller guarantees.
+    unsafe { kquant::<T, DOT, false>(dtype, w, a, arow, out) }
+}
+
+/// [`kquant`] in llama.cpp's multi-row orders.
+///
+/// # Safety
+/// As [`kquant`].
+#[inline(always)]
+unsafe fn kquant_multi<const T: usize, const DOT: bool>(
+    dtype: GgmlDType,
+    w: &[u8],
+    a: &[u8],
+    arow: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: as the caller guarantees.
+    unsafe { kquant::<T, DOT, true>(dtype, w, a, arow, out) }
 }
 
 /// Wraps `$f::<T, $dot>(dtype, w, a, arow, out)` into a [`DotFn`], up to four tokens a call.
@@ -402,9 +490,22 @@ pub fn kernel(dtype: GgmlDType, dot: bool) -> Option<DotFn> {
         Q5_0 => pick!(legacy, Q5_0),
         Q5_1 => pick!(legacy, Q5_1),
         Q8_0 => pick!(legacy, Q8_0),
-        Q4K => pick!(kquant, Q4K),
-        Q5K => pick!(kquant, Q5K),
-        Q6K => pick!(kquant, Q6K),
+        Q4K => pick!(kquant_row, Q4K),
+        Q5K => pick!(kquant_row, Q5K),
+        Q6K => pick!(kquant_row, Q6K),
+        _ => return None,
+    })
+}
+
+/// The NEON dot product in llama.cpp's multi-row order for the leading tokens of a batch
+/// (`isa::multi_rows` says how many), where it differs from [`kernel`]'s.
+pub fn kernel_multi(dtype: GgmlDType, dot: bool) -> Option<DotFn> {
+    use GgmlDType::*;
+    Some(match (dtype, dot) {
+        (Q4K, true) => tokens!(kquant_multi, Q4K, true),
+        (Q4K, false) => tokens!(kquant_multi, Q4K, false),
+        (Q6K, true) => tokens!(kquant_multi, Q6K, true),
+        (Q6K, false) => tokens!(kquant_multi, Q6K, false),
         _ => return None,
     })
 }
