@@ -107,14 +107,32 @@ unsafe fn values<const F: u8, const HB: bool>(col: *const u8, h: usize) -> [__m2
 #[inline(always)]
 fn pairs<const F: u8>(w: __m256i, g: __m256i) -> __m256i {
     // SAFETY: only called from functions compiled with AVX2.
+    let a = if Fmt::<F>::Q8 {
+        unsafe { _mm256_abs_epi8(w) }
+    } else {
+        w
+    };
+    pairs_abs::<F>(w, a, g)
+}
+
+/// [`pairs`] with `|w|` given (`a`; `Q8_0` only, other formats' values are unsigned).
+#[inline(always)]
+fn pairs_abs<const F: u8>(w: __m256i, a: __m256i, g: __m256i) -> __m256i {
+    // SAFETY: only called from functions compiled with AVX2.
     unsafe {
         if Fmt::<F>::Q8 {
             // `|w| · sign(g, w)`: `|w| ≤ 128`, `|g| ≤ 127`, so the pairs cannot saturate.
-            _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(g, w))
+            _mm256_maddubs_epi16(a, _mm256_sign_epi8(g, w))
         } else {
             _mm256_maddubs_epi16(w, g)
         }
     }
+}
+
+/// Vectors a batch's first pass stores per block column and tile half: the 8 groups' weight
+/// vectors, and for `Q8_0` their magnitudes too.
+const fn cached<const F: u8>() -> usize {
+    if Fmt::<F>::Q8 { 16 } else { 8 }
 }
 
 /// The broadcast 4-byte activation group `j` of `x`.
@@ -129,31 +147,49 @@ thread_local! {
     static UNPACKED: std::cell::RefCell<Vec<__m256i>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The weight vectors of groups `2g`, `2g + 1` in cache mode `C`: unpacked from `col` (and,
-/// filling, stored at `at`), or loaded from `at` where an earlier pass stored them. One pair
-/// at a time, so that few are live beside the accumulators.
+/// The weight vectors of groups `2g`, `2g + 1` in cache mode `C`, then (`Q8_0`) their
+/// magnitudes: unpacked from `col` (and, filling, stored at `at`), or loaded from `at` where an
+/// earlier pass stored them. One pair at a time, so that few are live beside the accumulators.
 ///
 /// # Safety
-/// As [`group_pair`]; unless `C == DIRECT`, `at` points at the pair's 2 vectors of the buffer
-/// [`UNPACKED`] lends.
+/// As [`group_pair`]; unless `C == DIRECT`, `at` points at the pair's `cached::<F>() / 4`
+/// vectors of the buffer [`UNPACKED`] lends.
 #[inline(always)]
 unsafe fn cached_pair<const F: u8, const HB: bool, const C: u8>(
     col: *const u8,
     h: usize,
     g: usize,
     at: *mut __m256i,
-) -> [__m256i; 2] {
+) -> [__m256i; 4] {
+    let k = cached::<F>() / 4;
     // SAFETY: as the caller guarantees.
     unsafe {
         if C == READ {
-            return [_mm256_load_si256(at), _mm256_load_si256(at.add(1))];
+            let w = [_mm256_load_si256(at), _mm256_load_si256(at.add(1))];
+            return if Fmt::<F>::Q8 {
+                [
+                    w[0],
+                    w[1],
+                    _mm256_load_si256(at.add(2)),
+                    _mm256_load_si256(at.add(3)),
+                ]
+            } else {
+                [w[0], w[1], w[0], w[1]]
+            };
         }
         let w = group_pair::<F, HB>(col, h, g);
+        let a = if Fmt::<F>::Q8 {
+            [_mm256_abs_epi8(w[0]), _mm256_abs_epi8(w[1])]
+        } else {
+            w
+        };
         if C == FILL {
-            _mm256_store_si256(at, w[0]);
-            _mm256_store_si256(at.add(1), w[1]);
+            let all = [w[0], w[1], a[0], a[1]];
+            for (i, &v) in all[..k].iter().enumerate() {
+                _mm256_store_si256(at.add(i), v);
+            }
         }
-        w
+        [w[0], w[1], a[0], a[1]]
     }
 }
 
@@ -165,7 +201,7 @@ unsafe fn cached_pair<const F: u8, const HB: bool, const C: u8>(
 ///
 /// # Safety
 /// AVX2, FMA, F16C; `tile` holds `nb` block columns of format `F`, `x` `nb` activation blocks;
-/// unless `C == DIRECT`, `cache` holds `8 * nb` vectors.
+/// unless `C == DIRECT`, `cache` holds `cached::<F>() * nb` vectors.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn half_x<const F: u8, const HB: bool, const C: u8>(
@@ -188,11 +224,12 @@ unsafe fn half_x<const F: u8, const HB: bool, const C: u8>(
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(col.add(16 * h).cast()));
             let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
             for g in 0..4 {
-                let at = cache.wrapping_add(8 * b + 2 * g);
+                let at = cache.wrapping_add(cached::<F>() * b + cached::<F>() / 4 * g);
                 let wp = cached_pair::<F, HB, C>(col, h, g, at);
-                for (k, &w) in wp.iter().enumerate() {
+                for k in 0..2 {
                     let j = 2 * g + k;
-                    let mut s = _mm256_madd_epi16(pairs::<F>(w, group(x, j)), ones);
+                    let p = pairs_abs::<F>(wp[k], wp[2 + k], group(x, j));
+                    let mut s = _mm256_madd_epi16(p, ones);
                     if !Fmt::<F>::MIN && !Fmt::<F>::Q8 {
                         // `-offset · Σ` of the group's activations (`c4`, scaled by the
                         // dispatch).
@@ -313,29 +350,34 @@ unsafe fn passes<const F: u8, const HB: bool>(
     let p = tile.as_ptr();
     if !fast {
         // One token a pass. Several tokens: the first pass over each half stores the weight
-        // vectors it unpacks, the others load them (`Q8_0`'s are one load and a `vpxor` anyway).
-        let cache = n > 1 && !Fmt::<F>::Q8;
+        // vectors it unpacks (and `Q8_0`'s magnitudes), the others load them.
+        let cache = n > 1;
         // SAFETY: an all-zero vector is a valid `__m256i`.
         let zero = unsafe { std::mem::zeroed() };
-        return with_unpacked(&UNPACKED, cache.then_some(8 * nb), zero, |buf| {
-            for h in 0..2 {
-                for (t, o) in out.iter_mut().enumerate() {
-                    let ahead = Ahead::of_pass(next, h * n + t, passes, later);
-                    let x = a[t * arow..].as_ptr().cast();
-                    // SAFETY: lengths asserted by `columns`; with a cache, `buf` holds `8 * nb`
-                    // vectors; same features.
-                    let r = unsafe {
-                        match (cache, t) {
-                            (false, _) => half_x::<F, HB, DIRECT>(p, nb, x, h, ahead, buf),
-                            (true, 0) => half_x::<F, HB, FILL>(p, nb, x, h, ahead, buf),
-                            _ => half_x::<F, HB, READ>(p, nb, x, h, ahead, buf),
-                        }
-                    };
-                    // SAFETY: 8 floats from `8h` of the 16.
-                    unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), r) };
+        return with_unpacked(
+            &UNPACKED,
+            cache.then_some(cached::<F>() * nb),
+            zero,
+            |buf| {
+                for h in 0..2 {
+                    for (t, o) in out.iter_mut().enumerate() {
+                        let ahead = Ahead::of_pass(next, h * n + t, passes, later);
+                        let x = a[t * arow..].as_ptr().cast();
+                        // SAFETY: lengths asserted by `columns`; with a cache, `buf` holds
+                        // `cached::<F>() * nb` vectors; same features.
+                        let r = unsafe {
+                            match (cache, t) {
+                                (false, _) => half_x::<F, HB, DIRECT>(p, nb, x, h, ahead, buf),
+                                (true, 0) => half_x::<F, HB, FILL>(p, nb, x, h, ahead, buf),
+                                _ => half_x::<F, HB, READ>(p, nb, x, h, ahead, buf),
+                            }
+                        };
+                        // SAFETY: 8 floats from `8h` of the 16.
+                        unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), r) };
+                    }
                 }
-            }
-        });
+            },
+        );
     }
     let mut pass = 0;
     for h in 0..2 {
