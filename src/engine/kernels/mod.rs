@@ -19,6 +19,33 @@
 //! `WARD_NUMERICS=fast` (the packed 32-wide kernels in ward's own summation order instead of
 //! llama.cpp's, see `isa::Numerics`).
 
+/// Wraps a kernel `$f::<T, $c...>(dtype, w, a, arow, out)`, generic over up to four tokens at
+/// a time (and any further const parameters `$c`), into an [`isa::DotFn`] for format `$dt`,
+/// compiled with the target features `$feat`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! tokens {
+    ($f:ident, $dt:ident, $feat:literal $(, $c:literal)*) => {{
+        #[target_feature(enable = $feat)]
+        unsafe fn run(w: &[u8], a: &[u8], arow: usize, out: &mut [f32]) {
+            let d = GgmlDType::$dt;
+            // SAFETY: same features; the table that hands out `run` only lists it for CPUs
+            // with the kernel's features; the kernels check the lengths.
+            unsafe {
+                for (c, out) in out.chunks_mut(4).enumerate() {
+                    let a = &a[4 * c * arow..];
+                    match out.len() {
+                        1 => $f::<1 $(, $c)*>(d, w, a, arow, out),
+                        2 => $f::<2 $(, $c)*>(d, w, a, arow, out),
+                        3 => $f::<3 $(, $c)*>(d, w, a, arow, out),
+                        _ => $f::<4 $(, $c)*>(d, w, a, arow, out),
+                    }
+                }
+            }
+        }
+        run as DotFn
+    }};
+}
+
 #[cfg(target_arch = "aarch64")]
 mod arm;
 mod blocks;

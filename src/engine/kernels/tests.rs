@@ -608,51 +608,66 @@ fn llama_order_row(dtype: GgmlDType, row: &[u8], x: &[blocks::BlockQ8x2]) -> f32
     (((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))) + summ
 }
 
+/// A scalar transcription of a kernel's order: `(weight row, one token, multi-row order)`.
+type Reference = dyn Fn(&[u8], &[f32], bool) -> f32;
+
+/// Checks the SIMD row kernels of `dtype` on AVX2 and on NEON (with and without `sdot`)
+/// against `reference(row, token, multi)` bit for bit, for batches of each size in `ns`;
+/// `multi` is set for the leading tokens that llama.cpp's multi-row kernels take.
+fn check_llama_order<T: GgmlType>(
+    dtype: GgmlDType,
+    cols: usize,
+    ns: &[usize],
+    reference: &Reference,
+) {
+    let paths: Vec<Isa> = isa::available()
+        .into_iter()
+        .filter(|i| matches!(i, Isa::Avx2 | Isa::Neon | Isa::NeonDot))
+        .collect();
+    let mut rng = StdRng::seed_from_u64(0x11 ^ dtype as u64);
+    let rows = 13;
+    let (bytes, _) = via_candle::<T>(&mut rng, rows, cols);
+    let w = QMatrix::new(dtype, rows, cols, &bytes).unwrap();
+    let rb = bytes.len() / rows;
+    for &n in ns {
+        let x = randn(&mut rng, n * cols);
+        let multi = isa::multi_rows(dtype, n);
+        let bytes = &bytes;
+        let want: Vec<u32> = (0..n)
+            .flat_map(|t| {
+                let xt = &x[t * cols..(t + 1) * cols];
+                (0..rows).map(move |r| reference(&bytes[r * rb..(r + 1) * rb], xt, t < multi))
+            })
+            .map(f32::to_bits)
+            .collect();
+        for &is in &paths {
+            let mut got = vec![0f32; n * rows];
+            matmul_isa(&w, &x, n, &mut got, is);
+            let got: Vec<u32> = got.iter().map(|f| f.to_bits()).collect();
+            assert_eq!(got, want, "{dtype:?} {is:?} {n} tokens");
+        }
+    }
+}
+
 /// The SIMD row kernels of the 32-wide formats on AVX2 and on NEON (with and without `sdot`)
 /// sum in llama.cpp's x86 order, so they give the same bits on either architecture, for any
 /// token of a batch.
 #[test]
 fn row_kernels_32_wide_sum_in_llama_cpp_order() {
-    let paths: Vec<Isa> = isa::available()
-        .into_iter()
-        .filter(|i| matches!(i, Isa::Avx2 | Isa::Neon | Isa::NeonDot))
-        .collect();
-    fn one<T: GgmlType>(dtype: GgmlDType, paths: &[Isa]) {
-        let mut rng = StdRng::seed_from_u64(0x11 ^ dtype as u64);
-        let (rows, cols) = (13, 576);
-        let (bytes, _) = via_candle::<T>(&mut rng, rows, cols);
-        let w = QMatrix::new(dtype, rows, cols, &bytes).unwrap();
-        let rb = bytes.len() / rows;
-        for n in [1, 3, 6] {
-            let x = randn(&mut rng, n * cols);
-            let want: Vec<u32> = (0..n)
-                .flat_map(|t| {
-                    let mut q = vec![
-                        blocks::BlockQ8x2 {
-                            u: [0; 64],
-                            d: [0.0; 16],
-                            s: [0.0; 16],
-                        };
-                        cols.div_ceil(64)
-                    ];
-                    quant::quantize_q8(&x[t * cols..(t + 1) * cols], &mut q, has_min(dtype));
-                    (0..rows)
-                        .map(|r| llama_order_row(dtype, &bytes[r * rb..(r + 1) * rb], &q).to_bits())
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            for &is in paths {
-                let mut got = vec![0f32; n * rows];
-                matmul_isa(&w, &x, n, &mut got, is);
-                let got: Vec<u32> = got.iter().map(|f| f.to_bits()).collect();
-                assert_eq!(got, want, "{dtype:?} {is:?} {n} tokens");
-            }
-        }
+    fn one<T: GgmlType>(dtype: GgmlDType) {
+        let reference = move |row: &[u8], x: &[f32], _multi: bool| {
+            let zero = blocks::BlockQ8x2 {
+                u: [0; 64],
+                d: [0.0; 16],
+                s: [0.0; 16],
+            };
+            let mut q = vec![zero; x.len().div_ceil(64)];
+            quant::quantize_q8(x, &mut q, has_min(dtype));
+            llama_order_row(dtype, row, &q)
+        };
+        check_llama_order::<T>(dtype, 576, &[1, 3, 6], &reference);
     }
-    macro_rules! with_paths {
-        ($($t:ident $d:ident),*) => { $(one::<ck::$t>(GgmlDType::$d, &paths);)* };
-    }
-    with_paths!(BlockQ4_0 Q4_0, BlockQ4_1 Q4_1, BlockQ5_0 Q5_0, BlockQ5_1 Q5_1, BlockQ8_0 Q8_0);
+    each_32_wide!(one);
 }
 
 /// llama.cpp's x86 orders for one K-quant weight row and one token (see `x86/avx2.rs`,
@@ -738,47 +753,22 @@ fn llama_order_row_k(dtype: GgmlDType, row: &[u8], x: &[blocks::BlockQ8K], multi
 /// that `isa::multi_rows` names: the same bits on either architecture.
 #[test]
 fn row_kernels_k_quants_sum_in_llama_cpp_order() {
-    let paths: Vec<Isa> = isa::available()
-        .into_iter()
-        .filter(|i| matches!(i, Isa::Avx2 | Isa::Neon | Isa::NeonDot))
-        .collect();
-    fn one<T: GgmlType>(dtype: GgmlDType, paths: &[Isa]) {
-        let mut rng = StdRng::seed_from_u64(0x1c ^ dtype as u64);
-        let (rows, cols) = (11, 768);
-        let (bytes, _) = via_candle::<T>(&mut rng, rows, cols);
-        let w = QMatrix::new(dtype, rows, cols, &bytes).unwrap();
-        let rb = bytes.len() / rows;
-        for n in [1, 3, 4, 6, 8, 9] {
-            let x = randn(&mut rng, n * cols);
-            let multi = isa::multi_rows(dtype, n);
-            let want: Vec<u32> = (0..n)
-                .flat_map(|t| {
-                    let zero = blocks::BlockQ8K {
-                        qs: [0; 256],
-                        bsums: [0; 16],
-                        d: 0.0,
-                        bsum32: [0; 8],
-                        pad: [0; 12],
-                    };
-                    let mut q = vec![zero; cols / 256];
-                    quant::quantize_q8k(&x[t * cols..(t + 1) * cols], &mut q);
-                    (0..rows)
-                        .map(|r| {
-                            let row = &bytes[r * rb..(r + 1) * rb];
-                            llama_order_row_k(dtype, row, &q, t < multi).to_bits()
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            for &is in paths {
-                let mut got = vec![0f32; n * rows];
-                matmul_isa(&w, &x, n, &mut got, is);
-                let got: Vec<u32> = got.iter().map(|f| f.to_bits()).collect();
-                assert_eq!(got, want, "{dtype:?} {is:?} {n} tokens");
-            }
-        }
+    fn one<T: GgmlType>(dtype: GgmlDType) {
+        let reference = move |row: &[u8], x: &[f32], multi: bool| {
+            let zero = blocks::BlockQ8K {
+                qs: [0; 256],
+                bsums: [0; 16],
+                d: 0.0,
+                bsum32: [0; 8],
+                pad: [0; 12],
+            };
+            let mut q = vec![zero; x.len() / 256];
+            quant::quantize_q8k(x, &mut q);
+            llama_order_row_k(dtype, row, &q, multi)
+        };
+        check_llama_order::<T>(dtype, 768, &[1, 3, 4, 6, 8, 9], &reference);
     }
-    one::<ck::BlockQ4K>(GgmlDType::Q4K, &paths);
-    one::<ck::BlockQ5K>(GgmlDType::Q5K, &paths);
-    one::<ck::BlockQ6K>(GgmlDType::Q6K, &paths);
+    one::<ck::BlockQ4K>(GgmlDType::Q4K);
+    one::<ck::BlockQ5K>(GgmlDType::Q5K);
+    one::<ck::BlockQ6K>(GgmlDType::Q6K);
 }

@@ -416,71 +416,16 @@ fn p_sc(k: &KBlock, h: usize) -> [i8; 8] {
     std::array::from_fn(|i| k.sc[8 * h + i] as i8)
 }
 
-/// [`kquant`] in llama.cpp's one-row orders.
-///
-/// # Safety
-/// As [`kquant`].
-#[inline(always)]
-unsafe fn kquant_row<const T: usize, const DOT: bool>(
-    dtype: GgmlDType,
-    w: &[u8],
-    a: &[u8],
-    arow: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: as the caller guarantees.
-    unsafe { kquant::<T, DOT, false>(dtype, w, a, arow, out) }
-}
-
-/// [`kquant`] in llama.cpp's multi-row orders.
-///
-/// # Safety
-/// As [`kquant`].
-#[inline(always)]
-unsafe fn kquant_multi<const T: usize, const DOT: bool>(
-    dtype: GgmlDType,
-    w: &[u8],
-    a: &[u8],
-    arow: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: as the caller guarantees.
-    unsafe { kquant::<T, DOT, true>(dtype, w, a, arow, out) }
-}
-
-/// Wraps `$f::<T, $dot>(dtype, w, a, arow, out)` into a [`DotFn`], up to four tokens a call.
-macro_rules! tokens {
-    ($f:ident, $dt:ident, $dot:literal) => {{
-        #[target_feature(enable = "neon")]
-        unsafe fn run(w: &[u8], a: &[u8], arow: usize, out: &mut [f32]) {
-            let d = GgmlDType::$dt;
-            // SAFETY: `$dot` only in the table for CPUs with the dot-product extension; the
-            // kernels check the lengths.
-            unsafe {
-                for (c, out) in out.chunks_mut(4).enumerate() {
-                    let a = &a[4 * c * arow..];
-                    match out.len() {
-                        1 => $f::<1, $dot>(d, w, a, arow, out),
-                        2 => $f::<2, $dot>(d, w, a, arow, out),
-                        3 => $f::<3, $dot>(d, w, a, arow, out),
-                        _ => $f::<4, $dot>(d, w, a, arow, out),
-                    }
-                }
-            }
-        }
-        run as DotFn
-    }};
-}
-
 /// The NEON dot product for `dtype` (`dot`: with `sdot`), if there is one.
 pub fn kernel(dtype: GgmlDType, dot: bool) -> Option<DotFn> {
     use GgmlDType::*;
+    // `sdot` only where the CPU has the dot-product extension.
     macro_rules! pick {
-        ($f:ident, $dt:ident) => {
+        ($f:ident, $dt:ident $(, $c:literal)*) => {
             if dot {
-                tokens!($f, $dt, true)
+                tokens!($f, $dt, "neon", true $(, $c)*)
             } else {
-                tokens!($f, $dt, false)
+                tokens!($f, $dt, "neon", false $(, $c)*)
             }
         };
     }
@@ -490,9 +435,9 @@ pub fn kernel(dtype: GgmlDType, dot: bool) -> Option<DotFn> {
         Q5_0 => pick!(legacy, Q5_0),
         Q5_1 => pick!(legacy, Q5_1),
         Q8_0 => pick!(legacy, Q8_0),
-        Q4K => pick!(kquant_row, Q4K),
-        Q5K => pick!(kquant_row, Q5K),
-        Q6K => pick!(kquant_row, Q6K),
+        Q4K => pick!(kquant, Q4K, false),
+        Q5K => pick!(kquant, Q5K, false),
+        Q6K => pick!(kquant, Q6K, false),
         _ => return None,
     })
 }
@@ -502,10 +447,10 @@ pub fn kernel(dtype: GgmlDType, dot: bool) -> Option<DotFn> {
 pub fn kernel_multi(dtype: GgmlDType, dot: bool) -> Option<DotFn> {
     use GgmlDType::*;
     Some(match (dtype, dot) {
-        (Q4K, true) => tokens!(kquant_multi, Q4K, true),
-        (Q4K, false) => tokens!(kquant_multi, Q4K, false),
-        (Q6K, true) => tokens!(kquant_multi, Q6K, true),
-        (Q6K, false) => tokens!(kquant_multi, Q6K, false),
+        (Q4K, true) => tokens!(kquant, Q4K, "neon", true, true),
+        (Q4K, false) => tokens!(kquant, Q4K, "neon", false, true),
+        (Q6K, true) => tokens!(kquant, Q6K, "neon", true, true),
+        (Q6K, false) => tokens!(kquant, Q6K, "neon", false, true),
         _ => return None,
     })
 }

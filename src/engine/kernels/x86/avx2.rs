@@ -398,46 +398,12 @@ unsafe fn kquant<const T: usize, const MULTI: bool>(
     }
 }
 
-/// [`kquant`] in llama.cpp's one-row orders.
-///
-/// # Safety
-/// As [`kquant`].
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn kquant_row<const T: usize>(
-    dtype: GgmlDType,
-    w: &[u8],
-    a: &[u8],
-    arow: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: as the caller guarantees.
-    unsafe { kquant::<T, false>(dtype, w, a, arow, out) }
-}
-
-/// [`kquant`] in llama.cpp's multi-row orders.
-///
-/// # Safety
-/// As [`kquant`].
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn kquant_multi<const T: usize>(
-    dtype: GgmlDType,
-    w: &[u8],
-    a: &[u8],
-    arow: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: as the caller guarantees.
-    unsafe { kquant::<T, true>(dtype, w, a, arow, out) }
-}
-
 /// The AVX2 kernel in llama.cpp's multi-row order for the leading tokens of a batch
 /// (`isa::multi_rows` says how many), where it has one that differs from the one-row order.
 pub fn kernel_multi(dtype: GgmlDType) -> Option<DotFn> {
     Some(match dtype {
-        GgmlDType::Q4K => tokens!(kquant_multi, Q4K, "avx2,fma,f16c"),
-        GgmlDType::Q6K => tokens!(kquant_multi, Q6K, "avx2,fma,f16c"),
+        GgmlDType::Q4K => tokens!(kquant, Q4K, "avx2,fma,f16c", true),
+        GgmlDType::Q6K => tokens!(kquant, Q6K, "avx2,fma,f16c", true),
         _ => return None,
     })
 }
@@ -450,9 +416,9 @@ pub fn kernel(dtype: GgmlDType) -> Option<DotFn> {
         GgmlDType::Q5_0 => tokens!(legacy, Q5_0, "avx2,fma,f16c"),
         GgmlDType::Q5_1 => tokens!(legacy, Q5_1, "avx2,fma,f16c"),
         GgmlDType::Q8_0 => tokens!(legacy, Q8_0, "avx2,fma,f16c"),
-        GgmlDType::Q4K => tokens!(kquant_row, Q4K, "avx2,fma,f16c"),
-        GgmlDType::Q5K => tokens!(kquant_row, Q5K, "avx2,fma,f16c"),
-        GgmlDType::Q6K => tokens!(kquant_row, Q6K, "avx2,fma,f16c"),
+        GgmlDType::Q4K => tokens!(kquant, Q4K, "avx2,fma,f16c", false),
+        GgmlDType::Q5K => tokens!(kquant, Q5K, "avx2,fma,f16c", false),
+        GgmlDType::Q6K => tokens!(kquant, Q6K, "avx2,fma,f16c", false),
         _ => return None,
     })
 }

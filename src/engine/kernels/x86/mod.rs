@@ -3,30 +3,6 @@
 // Token loops index several per-token register arrays in step; iterators would obscure that.
 #![allow(clippy::needless_range_loop)]
 
-/// Wraps a `$f::<T>(dtype, w, a, arow, out)` kernel, generic over up to four tokens at a time
-/// (16 `ymm` registers), into a [`DotFn`] compiled with the target features `$feat`.
-macro_rules! tokens {
-    ($f:ident, $dt:ident, $feat:literal) => {{
-        #[target_feature(enable = $feat)]
-        unsafe fn run(w: &[u8], a: &[u8], arow: usize, out: &mut [f32]) {
-            let d = GgmlDType::$dt;
-            // SAFETY: same features; the kernels check the lengths.
-            unsafe {
-                for (c, out) in out.chunks_mut(4).enumerate() {
-                    let a = &a[4 * c * arow..];
-                    match out.len() {
-                        1 => $f::<1>(d, w, a, arow, out),
-                        2 => $f::<2>(d, w, a, arow, out),
-                        3 => $f::<3>(d, w, a, arow, out),
-                        _ => $f::<4>(d, w, a, arow, out),
-                    }
-                }
-            }
-        }
-        run as DotFn
-    }};
-}
-
 mod avx2;
 pub mod avx2_packed;
 mod avx512_k;
