@@ -113,8 +113,9 @@ fn smollm2_matches_llama_cpp() {
     // ward computes as llama.cpp's CPU backend does (summation orders of its quantized dot
     // products and of its flash attention), so on x86-64 with AVX-512 the logits agree to the
     // last bit (measured: 430/430, worst gap 0.0001 nat, from the log-softmax alone), and with
-    // AVX2 as closely (430/430, 0.0001). The portable kernels' orders differ, and SmolLM2
-    // amplifies last-bit differences to ~0.04 nat (BENCHMARKS.md, "Parity").
+    // AVX2 as closely (430/430, 0.0001), and so do the NEON kernels on AArch64 (430/430, 0.0001
+    // under qemu). The portable kernels' orders differ, and SmolLM2 amplifies last-bit
+    // differences to ~0.04 nat (BENCHMARKS.md, "Parity"; 381/430 with them).
     check("smollm2-135m-instruct", "smollm2-shared.json", 0.99, 0.99);
 }
 
@@ -122,7 +123,7 @@ fn smollm2_matches_llama_cpp() {
 fn qwen05_matches_llama_cpp() {
     // Also bit-exact on AVX-512 (measured: 371/371, worst gap 0.0002 nat), its `Q4_K` and
     // `Q6_K` products included; with AVX2 371/371 and 0.0002 too (368/371 and 0.167 before its
-    // K-quant kernels took llama.cpp's orders).
+    // K-quant kernels took llama.cpp's orders), and with NEON on AArch64 (under qemu).
     check(
         "qwen2.5-coder-0.5b-instruct",
         "qwen05-shared.json",
