@@ -3,9 +3,9 @@
 //! [`matmul`] multiplies a GGUF weight matrix ([`QMatrix`], borrowed straight from the mmap)
 //! by `n` activation rows. It quantizes the activations once to 8-bit blocks (`Q8_0`-like for
 //! the 32-wide formats, `Q8_K`-like for the K-quants), then runs fused integer dot products
-//! (AVX-512 VNNI, AVX2 or portable scalar, chosen once at start-up) over tiles of rows ×
-//! tokens spread across a small spinning thread pool. [`ops`] holds the `f32` helpers the
-//! model graph needs around the matmuls.
+//! (AVX-512 VNNI or AVX2 on x86-64, NEON with or without `sdot` on AArch64, or portable
+//! scalar, chosen once at start-up) over tiles of rows × tokens spread across a small spinning
+//! thread pool. [`ops`] holds the `f32` helpers the model graph needs around the matmuls.
 //!
 //! [`PackedMatrix`] is an owned copy of a weight matrix (about the same size) interleaved 16
 //! rows at a time, for `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`, `Q4_K`, `Q5_K` and `Q6_K` on
@@ -14,8 +14,8 @@
 //! for both with AVX2. [`PackedMatrix::new`] returns `None` where it would not pay (other
 //! formats, or no packed kernel for this CPU), so callers keep the [`QMatrix`] path then.
 //!
-//! Tuning knobs: [`set_threads`] (else `WARD_THREADS`, else all CPUs), `WARD_ISA=scalar|avx2`
-//! to force a slower path, `WARD_PREFETCH` (bytes ahead when streaming decode weights),
+//! Tuning knobs: [`set_threads`] (else `WARD_THREADS`, else all CPUs),
+//! `WARD_ISA=scalar|neon|avx2` to force a slower path, `WARD_PREFETCH` (bytes ahead when streaming decode weights),
 //! `WARD_NUMERICS=fast` (the packed 32-wide kernels in ward's own summation order instead of
 //! llama.cpp's, see `isa::Numerics`).
 
