@@ -15,8 +15,8 @@
 //! formats, or no packed kernel for this CPU), so callers keep the [`QMatrix`] path then.
 //!
 //! Tuning knobs: [`set_threads`] (else `WARD_THREADS`, else all CPUs),
-//! `WARD_ISA=scalar|neon|avx2` to force a slower path, `WARD_PREFETCH` (bytes ahead when streaming decode weights),
-//! `WARD_NUMERICS=fast` (the packed 32-wide kernels in ward's own summation order instead of
+//! `WARD_ISA=scalar|neon|avx2` to force a slower path, `WARD_PREFETCH` (bytes ahead when
+//! streaming decode weights), `WARD_NUMERICS=fast` (the packed 32-wide kernels in ward's own summation order instead of
 //! llama.cpp's, see `isa::Numerics`).
 
 /// Wraps a kernel `$f::<T, $c...>(dtype, w, a, arow, out)`, generic over up to four tokens at

@@ -18,15 +18,16 @@ use super::super::isa::DotFn;
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-/// `acc` plus, in each `i32` lane `k`, the sum of the products `a · b` of bytes `4k..4k+4`
-/// (`DOT`: `sdot`; else widening multiplies and two pairwise adds).
+/// In each `i32` lane `k`, the sum of the products `a · b` of bytes `4k..4k+4` (`DOT`:
+/// `sdot`; else widening multiplies and two pairwise adds).
 ///
 /// # Safety
 /// `DOT` only where the CPU has the dot-product extension.
 #[inline(always)]
-unsafe fn dot<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+unsafe fn dot<const DOT: bool>(a: int8x16_t, b: int8x16_t) -> int32x4_t {
     if DOT {
-        let mut acc = acc;
+        // SAFETY: NEON is part of every AArch64 target.
+        let mut acc = unsafe { vdupq_n_s32(0) };
         // SAFETY: the caller guarantees the extension; registers only.
         unsafe {
             asm!(
@@ -45,7 +46,7 @@ unsafe fn dot<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> in
         unsafe {
             let lo = vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)));
             let hi = vpaddlq_s16(vmull_high_s8(a, b));
-            vaddq_s32(acc, vpaddq_s32(lo, hi))
+            vpaddq_s32(lo, hi)
         }
     }
 }
@@ -185,7 +186,7 @@ unsafe fn legacy<const T: usize, const DOT: bool>(
                 let x1 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(u.add(16)), flip));
                 let scale = blk.d * x.d[8 * h];
                 for (k, xv) in [x0, x1].into_iter().enumerate() {
-                    let s = dot::<DOT>(vdupq_n_s32(0), blk.w[k], xv);
+                    let s = dot::<DOT>(blk.w[k], xv);
                     acc[t][k] = vfmaq_n_f32(acc[t][k], vcvtq_f32_s32(s), scale);
                 }
                 accm[t] = blk.m.mul_add(x.s[8 * h], accm[t]);
@@ -216,6 +217,8 @@ struct KBlock {
     w: [int8x16_t; 16],
     /// The scale of each 16-value group.
     sc: [i32; 16],
+    /// `Q6_K`: the same scales as two `i16` vectors (its lanes' offset correction).
+    sc16: [int16x8_t; 2],
     d: f32,
     /// `Q4_K` / `Q5_K`: the minimums' scale and the 8 group minimums.
     dmin: f32,
@@ -255,9 +258,11 @@ unsafe fn unpack_k(dtype: GgmlDType, p: *const u8) -> KBlock {
                     }
                 }
             }
+            let sc8 = vld1q_s8(scales);
             return KBlock {
                 w,
                 sc: std::array::from_fn(|g| i32::from(*scales.add(g))),
+                sc16: [vmovl_s8(vget_low_s8(sc8)), vmovl_high_s8(sc8)],
                 d: f16(p.add(208)),
                 dmin: 0.0,
                 m: [0; 8],
@@ -289,6 +294,7 @@ unsafe fn unpack_k(dtype: GgmlDType, p: *const u8) -> KBlock {
         KBlock {
             w,
             sc: std::array::from_fn(|g| i32::from(sc8[g / 2])),
+            sc16: [vdupq_n_s16(0); 2],
             d: f16(p),
             dmin: f16(p.add(2)),
             m,
@@ -311,7 +317,7 @@ unsafe fn scaled<const DOT: bool>(
         let mut sum = vdupq_n_s32(0);
         for v in vs {
             let xv = vld1q_s8(x.qs.as_ptr().add(16 * v));
-            sum = vmlaq_n_s32(sum, dot::<DOT>(vdupq_n_s32(0), k.w[v], xv), k.sc[v]);
+            sum = vmlaq_n_s32(sum, dot::<DOT>(k.w[v], xv), k.sc[v]);
         }
         sum
     }
@@ -363,7 +369,7 @@ unsafe fn kquant<const T: usize, const DOT: bool, const MULTI: bool>(
                 let half = |h: usize| unsafe { scaled::<DOT>(&k, x, (h..16).step_by(2)) };
                 let corr = |h: usize| unsafe {
                     let bs = vld1q_s16(x.bsums.as_ptr().add(8 * h));
-                    let sc = vmovl_s8(vld1_s8(p_sc(&k, h).as_ptr()));
+                    let sc = k.sc16[h];
                     let p = vpaddq_s32(
                         vmull_s16(vget_low_s16(bs), vget_low_s16(sc)),
                         vmull_high_s16(bs, sc),
@@ -409,11 +415,6 @@ unsafe fn kquant<const T: usize, const DOT: bool, const MULTI: bool>(
             acc[t] - accm[t]
         };
     }
-}
-
-/// The 8 scales of `Q6_K` lanes `4h..4h+4`'s correction: scales `8h..8h+8` as bytes.
-fn p_sc(k: &KBlock, h: usize) -> [i8; 8] {
-    std::array::from_fn(|i| k.sc[8 * h + i] as i8)
 }
 
 /// The NEON dot product for `dtype` (`dot`: with `sdot`), if there is one.
