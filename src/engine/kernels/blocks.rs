@@ -223,20 +223,29 @@ pub fn as_bytes<T: Pod>(blocks: &[T]) -> &[u8] {
     }
 }
 
+/// Unpacks the eight 6-bit scales and eight mins of a `Q4_K` / `Q5_K` block as the bytes of
+/// two `u64` (scale or min `j` in byte `j`), four at a time in 32-bit words.
+#[inline(always)]
+pub fn k4_scales_words(s: &[u8; 12]) -> (u64, u64) {
+    let u: [u32; 3] = std::array::from_fn(|k| {
+        u32::from_le_bytes(s[4 * k..4 * k + 4].try_into().expect("4 bytes"))
+    });
+    const M6: u32 = 0x3f3f_3f3f;
+    const M4: u32 = 0x0f0f_0f0f;
+    const M2: u32 = 0x0303_0303;
+    // Scales and mins 0-3: the low 6 bits of bytes 0-3 and 4-7. 4-7: a nibble of bytes 8-11
+    // below the top 2 bits of bytes 0-3 (scales) or 4-7 (mins).
+    let sc = [u[0] & M6, (u[2] & M4) | (((u[0] >> 6) & M2) << 4)];
+    let mn = [u[1] & M6, ((u[2] >> 4) & M4) | (((u[1] >> 6) & M2) << 4)];
+    let join = |v: [u32; 2]| v[0] as u64 | (v[1] as u64) << 32;
+    (join(sc), join(mn))
+}
+
 /// Unpacks the eight 6-bit (scale, min) pairs of a `Q4_K` / `Q5_K` block.
 #[inline(always)]
 pub fn k4_scales_mins(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
-    let mut sc = [0u8; 8];
-    let mut m = [0u8; 8];
-    for j in 0..4 {
-        sc[j] = s[j] & 63;
-        m[j] = s[j + 4] & 63;
-    }
-    for j in 4..8 {
-        sc[j] = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-        m[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-    }
-    (sc, m)
+    let (sc, m) = k4_scales_words(s);
+    (sc.to_le_bytes(), m.to_le_bytes())
 }
 
 /// Unpacks the sixteen 6-bit scales of a `Q3_K` block, already offset to `-32..31`.

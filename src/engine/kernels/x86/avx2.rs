@@ -163,22 +163,40 @@ unsafe fn legacy<const T: usize>(
     }
 }
 
-/// Unpacks the 6-bit scales and mins of a `Q4_K` / `Q5_K` block.
+/// The 6-bit scales and mins of a `Q4_K` / `Q5_K` block as bytes: scales in the low eight,
+/// mins in the high eight.
 ///
 /// # Safety
-/// 12 readable bytes at `p`.
-#[inline(always)]
-unsafe fn k4_scales(p: *const u8) -> ([u8; 8], [u8; 8]) {
-    // SAFETY: see above.
-    let s = unsafe { p.cast::<[u8; 12]>().read_unaligned() };
-    super::super::blocks::k4_scales_mins(&s)
-}
-
-/// `[a ×8, b ×8]` as 16 `i16`.
+/// AVX2; 12 readable bytes at `p`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn pair16(a: i16, b: i16) -> __m256i {
-    _mm256_set_m128i(_mm_set1_epi16(b), _mm_set1_epi16(a))
+unsafe fn k4_scales(p: *const u8) -> __m128i {
+    // SAFETY: see above.
+    let (sc, mn) =
+        super::super::blocks::k4_scales_words(&unsafe { p.cast::<[u8; 12]>().read_unaligned() });
+    _mm_set_epi64x(mn as i64, sc as i64)
+}
+
+/// The `vpshufb` mask that puts byte `a` in bytes 0-7 of an `xmm` and byte `b` in bytes 8-15.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn spread(a: usize, b: usize) -> __m128i {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    _mm_set_epi64x((b as u64 * ONES) as i64, (a as u64 * ONES) as i64)
+}
+
+/// Bytes `a` and `b` of `v`, sign-extended, as `[v[a] ×8, v[b] ×8]` in 16 `i16`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pair16_i8(v: __m128i, a: usize, b: usize) -> __m256i {
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(v, spread(a, b)))
+}
+
+/// Byte `a` of `v`, zero-extended, in all 16 `i16`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn splat16_u8(v: __m128i, a: usize) -> __m256i {
+    _mm256_cvtepu8_epi16(_mm_shuffle_epi8(v, spread(a, a)))
 }
 
 /// The exact sums of the eight `i32` lanes of each of up to four vectors, as the lanes of
@@ -213,15 +231,24 @@ fn per_token<const T: usize>(f: impl Fn(usize) -> f32) -> __m128 {
 ///   own `f32` lane, folded as `hsum_float_8`; multi-row (its tiled kernel, batches of 8 or
 ///   more): one integer sum per block, times the weight's scale, fused onto the sum with the
 ///   activation's.
+///
+/// `K` (4, 5 or 6) names the format at compile time, so that each gets its own loop.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn kquant<const T: usize, const MULTI: bool>(
+unsafe fn kquant<const T: usize, const MULTI: bool, const K: u8>(
     dtype: GgmlDType,
     w: &[u8],
     a: &[u8],
     arow: usize,
     out: &mut [f32],
 ) {
+    let named = match K {
+        4 => GgmlDType::Q4K,
+        5 => GgmlDType::Q5K,
+        _ => GgmlDType::Q6K,
+    };
+    debug_assert_eq!(named, dtype);
+    let dtype = named;
     let size = dtype.type_size();
     let nb = w.len() / size;
     let xb = std::mem::size_of::<BlockQ8K>();
@@ -245,12 +272,7 @@ unsafe fn kquant<const T: usize, const MULTI: bool>(
         let mut isum = [_mm256_setzero_si256(); T];
         if dtype == GgmlDType::Q6K {
             // SAFETY: `ql` at 0, `qh` at 128, scales at 192, `d` at 208.
-            let (sc, d) = unsafe {
-                (
-                    p.add(192).cast::<[i8; 16]>().read_unaligned(),
-                    f16(p.add(208)),
-                )
-            };
+            let (sc, d) = unsafe { (_mm_loadu_si128(p.add(192).cast()), f16(p.add(208))) };
             for h in 0..2 {
                 // SAFETY: as above.
                 let (ql0, ql1, qh) = unsafe {
@@ -281,15 +303,14 @@ unsafe fn kquant<const T: usize, const MULTI: bool>(
                 ];
                 for (k, &v) in v.iter().enumerate() {
                     let g = 8 * h + 2 * k;
-                    let s = pair16(sc[g] as i16, sc[g + 1] as i16);
+                    let s = pair16_i8(sc, g, g + 1);
                     for t in 0..T {
                         let p16 = _mm256_maddubs_epi16(v, xq(t, 128 * h + 32 * k));
                         isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p16, s));
                     }
                 }
             }
-            // SAFETY: 16 readable bytes.
-            let sc16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+            let sc16 = _mm256_cvtepi8_epi16(sc);
             for t in 0..T {
                 // The stored values are q + 32: each lane less `32 Σ sc · bsum` of its groups.
                 let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs(t), sc16));
@@ -307,10 +328,7 @@ unsafe fn kquant<const T: usize, const MULTI: bool>(
         }
         let q5 = dtype == GgmlDType::Q5K;
         // SAFETY: `d`, `dmin`, scales at 0, 2, 4; `qh` (Q5_K) at 16; `qs` after.
-        let (sc, mn, d, dmin) = unsafe {
-            let (sc, mn) = k4_scales(p.add(4));
-            (sc, mn, f16(p), f16(p.add(2)))
-        };
+        let (sm, d, dmin) = unsafe { (k4_scales(p.add(4)), f16(p), f16(p.add(2))) };
         // SAFETY: as above.
         let qh = if q5 {
             unsafe { _mm256_loadu_si256(p.add(16).cast()) }
@@ -337,10 +355,7 @@ unsafe fn kquant<const T: usize, const MULTI: bool>(
                 lo = _mm256_or_si256(lo, bit(2 * c as i32));
                 hi = _mm256_or_si256(hi, bit(2 * c as i32 + 1));
             }
-            let (s0, s1) = (
-                _mm256_set1_epi16(sc[2 * c] as i16),
-                _mm256_set1_epi16(sc[2 * c + 1] as i16),
-            );
+            let (s0, s1) = (splat16_u8(sm, 2 * c), splat16_u8(sm, 2 * c + 1));
             let mut cs = [_mm256_setzero_si256(); T];
             for t in 0..T {
                 let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xq(t, 64 * c)), s0);
@@ -363,11 +378,19 @@ unsafe fn kquant<const T: usize, const MULTI: bool>(
                     }
                 };
                 let at = |t: usize| if t < T { b(t) } else { 0 };
-                let mp = (mn[2 * c] as u32 | (mn[2 * c + 1] as u32) << 16) as i32;
-                let im = _mm_madd_epi16(
-                    _mm_setr_epi32(at(0), at(1), at(2), at(3)),
-                    _mm_set1_epi32(mp),
+                // Mins `2c`, `2c + 1` as the two `i16` of every `i32`.
+                let at4 = |k: usize| k as u8;
+                let pick = i32::from_le_bytes([
+                    at4(4 * c),
+                    at4(4 * c + 1),
+                    at4(4 * c + 2),
+                    at4(4 * c + 3),
+                ]);
+                let mp = _mm_shuffle_epi8(
+                    _mm_unpackhi_epi8(sm, _mm_setzero_si128()),
+                    _mm_set1_epi32(pick),
                 );
+                let im = _mm_madd_epi16(_mm_setr_epi32(at(0), at(1), at(2), at(3)), mp);
                 acc = _mm_fmadd_ps(_mm_cvtepi32_ps(hsums(&cs)), dx, acc);
                 accm = _mm_fmadd_ps(_mm_cvtepi32_ps(im), dmx, accm);
             }
@@ -375,9 +398,8 @@ unsafe fn kquant<const T: usize, const MULTI: bool>(
         if step {
             continue;
         }
-        let m16: [i16; 16] = std::array::from_fn(|k| mn[k / 2] as i16);
-        // SAFETY: 32 readable bytes.
-        let m16 = unsafe { _mm256_loadu_si256(m16.as_ptr().cast()) };
+        // Min `k / 2` in `i16` `k`, against the activations' 16-value sums.
+        let m16 = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm));
         let corr: [__m256i; T] = std::array::from_fn(|t| _mm256_madd_epi16(bs(t), m16));
         let im = _mm_cvtepi32_ps(hsums(&corr));
         acc = _mm_fmadd_ps(_mm_cvtepi32_ps(hsums(&isum)), dx, acc);
@@ -402,8 +424,8 @@ unsafe fn kquant<const T: usize, const MULTI: bool>(
 /// (`isa::multi_rows` says how many), where it has one that differs from the one-row order.
 pub fn kernel_multi(dtype: GgmlDType) -> Option<DotFn> {
     Some(match dtype {
-        GgmlDType::Q4K => tokens!(kquant, Q4K, "avx2,fma,f16c", true),
-        GgmlDType::Q6K => tokens!(kquant, Q6K, "avx2,fma,f16c", true),
+        GgmlDType::Q4K => tokens!(kquant, Q4K, "avx2,fma,f16c", true, 4),
+        GgmlDType::Q6K => tokens!(kquant, Q6K, "avx2,fma,f16c", true, 6),
         _ => return None,
     })
 }
@@ -416,9 +438,9 @@ pub fn kernel(dtype: GgmlDType) -> Option<DotFn> {
         GgmlDType::Q5_0 => tokens!(legacy, Q5_0, "avx2,fma,f16c"),
         GgmlDType::Q5_1 => tokens!(legacy, Q5_1, "avx2,fma,f16c"),
         GgmlDType::Q8_0 => tokens!(legacy, Q8_0, "avx2,fma,f16c"),
-        GgmlDType::Q4K => tokens!(kquant, Q4K, "avx2,fma,f16c", false),
-        GgmlDType::Q5K => tokens!(kquant, Q5K, "avx2,fma,f16c", false),
-        GgmlDType::Q6K => tokens!(kquant, Q6K, "avx2,fma,f16c", false),
+        GgmlDType::Q4K => tokens!(kquant, Q4K, "avx2,fma,f16c", false, 4),
+        GgmlDType::Q5K => tokens!(kquant, Q5K, "avx2,fma,f16c", false, 5),
+        GgmlDType::Q6K => tokens!(kquant, Q6K, "avx2,fma,f16c", false, 6),
         _ => return None,
     })
 }

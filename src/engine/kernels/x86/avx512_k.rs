@@ -144,15 +144,7 @@ unsafe fn bsums(a: &[u8], arow: usize, t: usize, i: usize) -> __m256i {
 #[inline(always)]
 unsafe fn k4_scales(p: *const u8) -> (u64, u64) {
     // SAFETY: see above.
-    let u: [u32; 3] =
-        unsafe { std::array::from_fn(|k| p.add(4 * k).cast::<u32>().read_unaligned()) };
-    const M1: u32 = 0x3f3f_3f3f;
-    const M2: u32 = 0x0f0f_0f0f;
-    const M3: u32 = 0x0303_0303;
-    let sc = [u[0] & M1, (u[2] & M2) | (((u[0] >> 6) & M3) << 4)];
-    let mn = [u[1] & M1, ((u[2] >> 4) & M2) | (((u[1] >> 6) & M3) << 4)];
-    let join = |v: [u32; 2]| v[0] as u64 | (v[1] as u64) << 32;
-    (join(sc), join(mn))
+    super::super::blocks::k4_scales_words(&unsafe { p.cast::<[u8; 12]>().read_unaligned() })
 }
 
 /// Shared body of `Q4_K` (`QH = false`) and `Q5_K` (`QH = true`).
