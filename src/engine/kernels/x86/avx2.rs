@@ -192,11 +192,12 @@ fn pair16_i8(v: __m128i, a: usize, b: usize) -> __m256i {
     _mm256_cvtepi8_epi16(_mm_shuffle_epi8(v, spread(a, b)))
 }
 
-/// Byte `a` of `v`, zero-extended, in all 16 `i16`.
+/// `i16` `k` of each 128-bit lane of `v` in all eight `i16` of that lane.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn splat16_u8(v: __m128i, a: usize) -> __m256i {
-    _mm256_cvtepu8_epi16(_mm_shuffle_epi8(v, spread(a, a)))
+fn splat16(v: __m256i, k: usize) -> __m256i {
+    let pick = (2 * k) as i16 | ((2 * k + 1) as i16) << 8;
+    _mm256_shuffle_epi8(v, _mm256_set1_epi16(pick))
 }
 
 /// The exact sums of the eight `i32` lanes of each of up to four vectors, as the lanes of
@@ -329,6 +330,8 @@ unsafe fn kquant<const T: usize, const MULTI: bool, const K: u8>(
         let q5 = dtype == GgmlDType::Q5K;
         // SAFETY: `d`, `dmin`, scales at 0, 2, 4; `qh` (Q5_K) at 16; `qs` after.
         let (sm, d, dmin) = unsafe { (k4_scales(p.add(4)), f16(p), f16(p.add(2))) };
+        // The scales as `i16`, in both 128-bit lanes.
+        let sc16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi64(sm, sm));
         // SAFETY: as above.
         let qh = if q5 {
             unsafe { _mm256_loadu_si256(p.add(16).cast()) }
@@ -355,7 +358,7 @@ unsafe fn kquant<const T: usize, const MULTI: bool, const K: u8>(
                 lo = _mm256_or_si256(lo, bit(2 * c as i32));
                 hi = _mm256_or_si256(hi, bit(2 * c as i32 + 1));
             }
-            let (s0, s1) = (splat16_u8(sm, 2 * c), splat16_u8(sm, 2 * c + 1));
+            let (s0, s1) = (splat16(sc16, 2 * c), splat16(sc16, 2 * c + 1));
             let mut cs = [_mm256_setzero_si256(); T];
             for t in 0..T {
                 let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xq(t, 64 * c)), s0);
