@@ -104,7 +104,7 @@ pub fn prefetch_in_later_passes() -> bool {
 }
 
 /// Whether the CPU is Intel's (CPUID vendor `GenuineIntel`).
-fn intel() -> bool {
+pub fn intel() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         let r = std::arch::x86_64::__cpuid(0);
