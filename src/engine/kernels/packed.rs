@@ -345,12 +345,12 @@ impl PackedMatrix {
 }
 
 /// Whether this CPU has a packed tile kernel for `dtype` that beats the row kernels: AVX-512
-/// VNNI for every packed format, AVX2 for the 32-wide ones. The portable tile kernel is slower
+/// VNNI for every packed format, AVX2 for all but `Q6_K`. The portable tile kernel is slower
 /// than the row kernels.
 pub fn packs(dtype: GgmlDType) -> bool {
     match isa::get() {
         Isa::Avx512 => Layout::of(dtype).is_some(),
-        Isa::Avx2 => Layout::of(dtype).is_some_and(|l| !l.kquant),
+        Isa::Avx2 => Layout::of(dtype).is_some_and(|l| !l.q6),
         Isa::Scalar | Isa::Neon | Isa::NeonDot => false,
     }
 }

@@ -74,12 +74,12 @@ fn tile_scalar(
     }
 }
 
-/// The tile kernel for `isa` and a layout (AVX2 has kernels for the 32-wide formats only).
+/// The tile kernel for `isa` and a layout (AVX2 has none for `Q6_K`).
 fn tile_kernel(isa: Isa, lay: &Layout) -> TileFn {
     #[cfg(target_arch = "x86_64")]
     match isa {
         Isa::Avx512 => return super::x86::avx512_packed::tile,
-        Isa::Avx2 if !lay.kquant => return super::x86::avx2_packed::tile,
+        Isa::Avx2 if !lay.q6 => return super::x86::avx2_packed::tile,
         _ => {}
     }
     let _ = (isa, lay);

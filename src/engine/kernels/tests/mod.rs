@@ -475,9 +475,11 @@ fn batches_give_each_token_its_own_bits() {
     each_32_wide!(one);
 }
 
-/// On AVX2, the packed 32-wide kernels sum in the row kernels' order (llama.cpp's AVX2 order:
-/// eight lanes of 4-value sums per row, folded as `hsum_float_8`): the same bits for every
-/// format and batch size, the batches whose passes share the unpacked weights included.
+/// On AVX2, the packed kernels sum in the row kernels' order (llama.cpp's: for the 32-wide
+/// formats eight lanes of 4-value sums per row, folded as `hsum_float_8`; for `Q4_K` / `Q5_K`
+/// its multi-row order for the leading multiple of 4 tokens, its one-row order for the rest):
+/// the same bits for every format and batch size, the batches whose passes share the
+/// unpacked weights included.
 #[test]
 fn avx2_packed_kernels_give_the_row_kernels_bits() {
     if !isa::available().contains(&Isa::Avx2) || isa::numerics() != isa::Numerics::Reference {
@@ -485,11 +487,11 @@ fn avx2_packed_kernels_give_the_row_kernels_bits() {
     }
     fn one<T: GgmlType>(dtype: GgmlDType) {
         let mut rng = StdRng::seed_from_u64(0xa2 ^ dtype as u64);
-        let (rows, cols) = (37, 640);
+        let (rows, cols) = (37, if T::BLCK_SIZE == 256 { 768 } else { 640 });
         let (bytes, _) = via_candle::<T>(&mut rng, rows, cols);
         let w = QMatrix::new(dtype, rows, cols, &bytes).unwrap();
-        let p = PackedMatrix::pack(&w).expect("a 32-wide format");
-        for n in [1, 2, 3, 8, 11] {
+        let p = PackedMatrix::pack(&w).expect("a packed format");
+        for n in [1, 2, 3, 4, 5, 8, 11] {
             let x = randn(&mut rng, n * cols);
             let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
             matmul_isa(&w, &x, n, &mut a, Isa::Avx2);
@@ -499,6 +501,8 @@ fn avx2_packed_kernels_give_the_row_kernels_bits() {
         }
     }
     each_32_wide!(one);
+    one::<ck::BlockQ4K>(GgmlDType::Q4K);
+    one::<ck::BlockQ5K>(GgmlDType::Q5K);
 }
 
 /// The 5-bit formats' fifth bits as `u64` masks (AVX-512) or as bytes (AVX2) hold the same
