@@ -382,13 +382,7 @@ unsafe fn kquant<const T: usize, const MULTI: bool, const K: u8>(
                 };
                 let at = |t: usize| if t < T { b(t) } else { 0 };
                 // Mins `2c`, `2c + 1` as the two `i16` of every `i32`.
-                let at4 = |k: usize| k as u8;
-                let pick = i32::from_le_bytes([
-                    at4(4 * c),
-                    at4(4 * c + 1),
-                    at4(4 * c + 2),
-                    at4(4 * c + 3),
-                ]);
+                let pick = i32::from_le_bytes(std::array::from_fn(|i| (4 * c + i) as u8));
                 let mp = _mm_shuffle_epi8(
                     _mm_unpackhi_epi8(sm, _mm_setzero_si128()),
                     _mm_set1_epi32(pick),
