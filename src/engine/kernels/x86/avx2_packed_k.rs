@@ -68,6 +68,9 @@ unsafe fn halves<const T: usize, const Q5: bool, const HS: usize>(
             _mm256_cvtepu8_epi16(_mm_loadu_si128(col.add(MN_AT + 32 * p + 16 * h).cast()))
         };
         let f16x8 = |at: usize| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(col.add(at).cast())) };
+        // Each half's `d` and `dmin`.
+        let dd: [(__m256, __m256); HS] =
+            std::array::from_fn(|i| (f16x8(16 * (h0 + i)), f16x8(32 + 16 * (h0 + i))));
         let mut isum = [_mm256_setzero_si256(); 4];
         for sb in 0..8 {
             let mut s = [_mm256_setzero_si256(); 4];
@@ -133,8 +136,7 @@ unsafe fn halves<const T: usize, const Q5: bool, const HS: usize>(
                 // The end of a 64-value pair of sub-blocks: the multi-row order's step.
                 let p = sb / 2;
                 for i in 0..HS {
-                    let h = h0 + i;
-                    let (dv, dmv) = (f16x8(16 * h), f16x8(32 + 16 * h));
+                    let (h, (dv, dmv)) = (h0 + i, dd[i]);
                     for t in 0..gemm.min(T) {
                         let (e, x) = (i * T + t, x(t));
                         let im = _mm256_madd_epi16(mins(h, p), bsum_pair(x, p));
@@ -156,8 +158,7 @@ unsafe fn halves<const T: usize, const Q5: bool, const HS: usize>(
         }
         let first = if Q5 { 0 } else { gemm.min(T) };
         for i in 0..HS {
-            let h = h0 + i;
-            let (dv, dmv) = (f16x8(16 * h), f16x8(32 + 16 * h));
+            let (h, (dv, dmv)) = (h0 + i, dd[i]);
             for t in first..T {
                 let (e, x) = (i * T + t, x(t));
                 let mut im = _mm256_setzero_si256();
