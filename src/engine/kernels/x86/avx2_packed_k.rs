@@ -186,7 +186,8 @@ unsafe fn halves<const T: usize, const Q5: bool, const HS: usize>(
     })
 }
 
-/// A packed `Q4_K` / `Q5_K` tile against `out.len()` tokens: each half, [`PER`] tokens a pass.
+/// A packed `Q4_K` / `Q5_K` tile against `out.len()` tokens: a lone token takes both halves
+/// in one pass; a batch takes each half [`PER`] tokens a pass.
 ///
 /// # Safety
 /// AVX2, FMA, F16C; `lay` is a `Q4_K` / `Q5_K` layout, `tile` whole columns of it, `a` the
