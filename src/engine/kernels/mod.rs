@@ -9,7 +9,7 @@
 //!
 //! [`PackedMatrix`] is an owned copy of a weight matrix (about the same size) interleaved 16
 //! rows at a time, for `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`, `Q4_K`, `Q5_K` and `Q6_K` on
-//! AVX-512 VNNI CPUs and for all but `Q6_K` on AVX2 ones; [`matmul_packed`] on it is 2-4×
+//! AVX-512 VNNI and AVX2 CPUs; [`matmul_packed`] on it is 2-4×
 //! faster than [`matmul`] for hot decode and about 2.5× for prefill with AVX-512, 1.7-1.8×
 //! for both with AVX2. [`PackedMatrix::new`] returns `None` where it would not pay (other
 //! formats, or no packed kernel for this CPU), so callers keep the [`QMatrix`] path then.

@@ -1,6 +1,6 @@
 //! Weights repacked 16 rows at a time, about the same size as the GGUF data: the 32-wide
-//! formats (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`, laid out below) and `Q4_K` / `Q5_K`
-//! (`packed_k.rs`).
+//! formats (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`, laid out below) and `Q4_K` / `Q5_K` /
+//! `Q6_K` (`packed_k.rs`).
 //!
 //! In the GGUF layout each row's dot product ends in horizontal sums and per-block scaling of
 //! 8-lane partial sums. Interleaving 16 rows so that one 64-byte vector holds 4 consecutive
@@ -59,8 +59,9 @@ pub struct Layout {
     pub bytes: usize,
     /// Value offset: `w = d (v - offset)` (or `d v + m` with a min).
     pub offset: f32,
-    /// 32-wide 5-bit formats: the fifth bits as bytes (for AVX2) rather than as one `u64` mask
-    /// per 4-value group (for AVX-512); see the module docs. [`Layout::of`] gives the masks.
+    /// 32-wide 5-bit formats and `Q6_K`: the high bits as bytes (for AVX2) rather than as
+    /// `u64` masks per 4-value group (for AVX-512); see the module docs and `packed_k::q6`.
+    /// [`Layout::of`] gives the masks.
     pub high_bytes: bool,
 }
 
@@ -241,11 +242,7 @@ impl PackedMatrix {
         w: &QMatrix,
         done: impl FnMut(std::ops::Range<usize>),
     ) -> Option<PackedMatrix> {
-        // AVX2 kernels read the fifth bits as bytes, AVX-512 ones as masks (and AVX2 ones read
-        // masks too, so a CPU with AVX-512 keeps them even where `WARD_ISA=avx2` asks for the
-        // AVX2 kernels: every kernel it has can read them).
-        let bytes = isa::get() == Isa::Avx2 && !isa::available().contains(&Isa::Avx512);
-        Self::pack_as(w, bytes, done)
+        Self::pack_as(w, avx2_high_bytes(), done)
     }
 
     fn pack_as(
@@ -255,7 +252,7 @@ impl PackedMatrix {
     ) -> Option<PackedMatrix> {
         let lay = Layout::of(w.dtype)?;
         let lay = Layout {
-            high_bytes: high_bytes && lay.q5 && !lay.kquant,
+            high_bytes: high_bytes && ((lay.q5 && !lay.kquant) || lay.q6),
             ..lay
         };
         let nb = w.cols / lay.block;
@@ -325,7 +322,7 @@ impl PackedMatrix {
         {
             if lay.kquant {
                 if lay.q6 {
-                    packed_k::q6::dequantize(col, r, y);
+                    packed_k::q6::dequantize(col, r, y, lay.high_bytes);
                 } else {
                     packed_k::dequantize(lay.q5, col, r, y);
                 }
@@ -345,14 +342,22 @@ impl PackedMatrix {
 }
 
 /// Whether this CPU has a packed tile kernel for `dtype` that beats the row kernels: AVX-512
-/// VNNI for every packed format, AVX2 for all but `Q6_K`. The portable tile kernel is slower
-/// than the row kernels.
+/// VNNI for every packed format, AVX2 too (for `Q6_K` only where the tiles hold the high bits
+/// as bytes, see [`avx2_high_bytes`]). The portable tile kernel is slower than the row kernels.
 pub fn packs(dtype: GgmlDType) -> bool {
     match isa::get() {
         Isa::Avx512 => Layout::of(dtype).is_some(),
-        Isa::Avx2 => Layout::of(dtype).is_some_and(|l| !l.q6),
+        Isa::Avx2 => Layout::of(dtype).is_some_and(|l| !l.q6 || avx2_high_bytes()),
         Isa::Scalar | Isa::Neon | Isa::NeonDot => false,
     }
+}
+
+/// Whether packing lays the high bits out as bytes ([`Layout::high_bytes`]): AVX2 kernels read
+/// bytes, AVX-512 ones masks. A CPU with AVX-512 keeps the masks even where `WARD_ISA=avx2`
+/// asks for the AVX2 kernels; those read the 32-wide formats' masks too, and leave `Q6_K` in
+/// the GGUF layout.
+fn avx2_high_bytes() -> bool {
+    isa::get() == Isa::Avx2 && !isa::available().contains(&Isa::Avx512)
 }
 
 /// Asks the kernel to back `data` (not yet touched: zeroed allocations this large come as fresh
@@ -382,7 +387,7 @@ fn pack_tile(w: &QMatrix, lay: &Layout, t: usize, tile: &mut [u8]) {
             let src = &w.row(t * R + r)[b * size..(b + 1) * size];
             if lay.kquant {
                 if lay.q6 {
-                    packed_k::q6::pack(src, col, r);
+                    packed_k::q6::pack(src, col, r, lay.high_bytes);
                 } else {
                     packed_k::pack(w.dtype, src, col, r);
                 }

@@ -111,8 +111,16 @@ pub fn dot(q5: bool, col: &[u8], r: usize, x: &BlockQ8K) -> f32 {
 }
 
 /// The packed `Q6_K` column: `d` (16 × `f16`) at 0; scales `[group (16)][row (16)]` as `i8`
-/// at [`Q6_SC_AT`]; the two high bits as a pair of `u64` masks (bit 4, bit 5) per 64-value
-/// vector at [`Q6_H_AT`]; the low nibbles as in `Q4_K` at [`Q6_V_AT`]. Values are `q + 32`.
+/// at [`q6::SC_AT`]; then the values (`q + 32`) as low nibbles (as in `Q4_K`, 64 bytes per
+/// 8-value group) and high bits, in one of two layouts of the same 3072 bytes.
+///
+/// For AVX-512, at [`q6::H_AT`] a pair of `u64` masks (bit 4, bit 5) per 4-value group `j`,
+/// at `16 j`, bit `4r + i` for value `4j + i` of row `r`; then all the nibbles at
+/// [`q6::V_AT`]. For AVX2 (`packed::Layout::high_bytes`), 192 bytes per 16-value group `gg`
+/// from [`q6::H_AT`], read in order: the nibbles of its two 8-value groups, then 64 bytes of
+/// high bits, byte `32 (r / 8) + 4 (r % 8) + i` holding those of value `i` of row `r` in its
+/// four 4-value groups, group `e`'s at bits `2e..2e+2`. A tile half's 32 bytes line up with
+/// its nibbles, so that a 16-bit shift and a mask put a group's bits in place for 8 rows.
 pub mod q6 {
     use super::super::blocks::{BlockQ8K, f16_le};
     use super::super::dequant::q6k_values;
@@ -122,8 +130,31 @@ pub mod q6 {
     pub const V_AT: usize = 1312;
     pub const BYTES: usize = 3360;
 
-    /// Writes GGUF super-block `src` as row `r` of column `col`.
-    pub fn pack(src: &[u8], col: &mut [u8], r: usize) {
+    /// Where the nibbles of 8-value group `g` start (`hb`: the byte layout).
+    pub const fn nibbles_at(hb: bool, g: usize) -> usize {
+        if hb {
+            H_AT + 192 * (g / 2) + 64 * (g % 2)
+        } else {
+            V_AT + 64 * g
+        }
+    }
+
+    /// Where the high bytes of 16-value group `gg` start in the byte layout.
+    pub const fn high_at(gg: usize) -> usize {
+        H_AT + 192 * gg + 128
+    }
+
+    /// The byte and the shift of the high bits of value `k` of row `r` in the byte layout.
+    fn high_byte(r: usize, k: usize) -> (usize, usize) {
+        (
+            high_at(k / 16) + 32 * (r / 8) + 4 * (r % 8) + k % 4,
+            2 * (k / 4 % 4),
+        )
+    }
+
+    /// Writes GGUF super-block `src` as row `r` of column `col`, the high bits as bytes
+    /// (`hb`) or masks.
+    pub fn pack(src: &[u8], col: &mut [u8], r: usize, hb: bool) {
         col[2 * r..2 * r + 2].copy_from_slice(&src[208..210]);
         for g in 0..16 {
             col[SC_AT + 16 * g + r] = src[192 + g];
@@ -135,7 +166,12 @@ pub mod q6 {
         for (k, &v) in v.iter().enumerate() {
             let v = (v + 32) as u8;
             let (g, i) = (k / 8, k % 8);
-            col[V_AT + 64 * g + 4 * r + i % 4] |= (v & 0xF) << (4 * (i / 4));
+            col[nibbles_at(hb, g) + 4 * r + i % 4] |= (v & 0xF) << (4 * (i / 4));
+            if hb {
+                let (at, shift) = high_byte(r, k);
+                col[at] |= (v >> 4) << shift;
+                continue;
+            }
             let (j, bit) = (2 * g + i / 4, 4 * r + i % 4);
             for h in 0..2 {
                 if (v >> (4 + h)) & 1 == 1 {
@@ -145,10 +181,14 @@ pub mod q6 {
         }
     }
 
-    /// Value `k` of row `r`, `0..64`.
-    pub fn value(col: &[u8], r: usize, k: usize) -> u8 {
+    /// Value `k` of row `r`, `0..64`; `hb` as for [`pack`].
+    pub fn value(col: &[u8], r: usize, k: usize, hb: bool) -> u8 {
         let (g, i) = (k / 8, k % 8);
-        let mut v = (col[V_AT + 64 * g + 4 * r + i % 4] >> (4 * (i / 4))) & 0xF;
+        let mut v = (col[nibbles_at(hb, g) + 4 * r + i % 4] >> (4 * (i / 4))) & 0xF;
+        if hb {
+            let (at, shift) = high_byte(r, k);
+            return v | ((col[at] >> shift) & 3) << 4;
+        }
         let (j, bit) = (2 * g + i / 4, 4 * r + i % 4);
         for h in 0..2 {
             v |= ((col[H_AT + 16 * j + 8 * h + bit / 8] >> (bit % 8)) & 1) << (4 + h);
@@ -164,19 +204,19 @@ pub mod q6 {
     }
 
     /// Dequantizes row `r` of one column into 256 values.
-    pub fn dequantize(col: &[u8], r: usize, out: &mut [f32]) {
+    pub fn dequantize(col: &[u8], r: usize, out: &mut [f32], hb: bool) {
         for (k, o) in out.iter_mut().enumerate().take(256) {
             let (d, sc) = d_sc(col, r, k);
-            *o = d * sc as f32 * (value(col, r, k) as i32 - 32) as f32;
+            *o = d * sc as f32 * (value(col, r, k, hb) as i32 - 32) as f32;
         }
     }
 
     /// Portable reference: one column of row `r` against activation block `x`.
-    pub fn dot(col: &[u8], r: usize, x: &BlockQ8K) -> f32 {
+    pub fn dot(col: &[u8], r: usize, x: &BlockQ8K, hb: bool) -> f32 {
         let mut sum = 0i32;
         for k in 0..256 {
             let (_, sc) = d_sc(col, r, k);
-            sum += sc * (value(col, r, k) as i32 - 32) * x.qs[k] as i32;
+            sum += sc * (value(col, r, k, hb) as i32 - 32) * x.qs[k] as i32;
         }
         x.d * f16_le([col[2 * r], col[2 * r + 1]]) * sum as f32
     }

@@ -44,7 +44,7 @@ fn tile_scalar(
                     .zip(x)
                     .map(|(col, x)| {
                         if lay.q6 {
-                            packed_k::q6::dot(col, r, x)
+                            packed_k::q6::dot(col, r, x, lay.high_bytes)
                         } else {
                             packed_k::dot(lay.q5, col, r, x)
                         }
@@ -74,15 +74,17 @@ fn tile_scalar(
     }
 }
 
-/// The tile kernel for `isa` and a layout (AVX2 has none for `Q6_K`).
+/// The tile kernel for `isa` and a layout (`Q6_K`: AVX-512 reads the high bits as masks, AVX2
+/// as bytes; the portable kernel serves the other pairings, which only tests ask for).
 fn tile_kernel(isa: Isa, lay: &Layout) -> TileFn {
+    let q6_bytes = lay.q6 && lay.high_bytes;
     #[cfg(target_arch = "x86_64")]
     match isa {
-        Isa::Avx512 => return super::x86::avx512_packed::tile,
-        Isa::Avx2 if !lay.q6 => return super::x86::avx2_packed::tile,
+        Isa::Avx512 if !q6_bytes => return super::x86::avx512_packed::tile,
+        Isa::Avx2 if !lay.q6 || q6_bytes => return super::x86::avx2_packed::tile,
         _ => {}
     }
-    let _ = (isa, lay);
+    let _ = (isa, lay, q6_bytes);
     tile_scalar
 }
 

@@ -477,9 +477,9 @@ fn batches_give_each_token_its_own_bits() {
 
 /// On AVX2, the packed kernels sum in the row kernels' order (llama.cpp's: for the 32-wide
 /// formats eight lanes of 4-value sums per row, folded as `hsum_float_8`; for `Q4_K` / `Q5_K`
-/// its multi-row order for the leading multiple of 4 tokens, its one-row order for the rest):
-/// the same bits for every format and batch size, the batches whose passes share the
-/// unpacked weights included.
+/// its multi-row order for the leading multiple of 4 tokens, its one-row order for the rest;
+/// for `Q6_K` its one-row order below 8 tokens, its tiled order from 8): the same bits for
+/// every format and batch size, the batches whose passes share the unpacked weights included.
 #[test]
 fn avx2_packed_kernels_give_the_row_kernels_bits() {
     if !isa::available().contains(&Isa::Avx2) || isa::numerics() != isa::Numerics::Reference {
@@ -490,7 +490,8 @@ fn avx2_packed_kernels_give_the_row_kernels_bits() {
         let (rows, cols) = (37, if T::BLCK_SIZE == 256 { 768 } else { 640 });
         let (bytes, _) = via_candle::<T>(&mut rng, rows, cols);
         let w = QMatrix::new(dtype, rows, cols, &bytes).unwrap();
-        let p = PackedMatrix::pack(&w).expect("a packed format");
+        // The layout AVX2 packs for, whatever this CPU has.
+        let p = PackedMatrix::pack_high(&w, true).expect("a packed format");
         for n in [1, 2, 3, 4, 5, 8, 11] {
             let x = randn(&mut rng, n * cols);
             let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
@@ -503,15 +504,17 @@ fn avx2_packed_kernels_give_the_row_kernels_bits() {
     each_32_wide!(one);
     one::<ck::BlockQ4K>(GgmlDType::Q4K);
     one::<ck::BlockQ5K>(GgmlDType::Q5K);
+    one::<ck::BlockQ6K>(GgmlDType::Q6K);
 }
 
-/// The 5-bit formats' fifth bits as `u64` masks (AVX-512) or as bytes (AVX2) hold the same
-/// values, and every kernel that reads both layouts gives the same bits from either.
+/// The 5-bit formats' fifth bits and `Q6_K`'s high bits as `u64` masks (AVX-512) or as bytes
+/// (AVX2) hold the same values, and every kernel that reads both layouts gives the same bits
+/// from either (for `Q6_K` the portable one: AVX-512 reads only masks, AVX2 only bytes).
 #[test]
-fn fifth_bits_as_masks_or_bytes_give_the_same_products() {
+fn high_bits_as_masks_or_bytes_give_the_same_products() {
     fn one<T: GgmlType>(dtype: GgmlDType) {
         let mut rng = StdRng::seed_from_u64(0x5b ^ dtype as u64);
-        let (rows, cols) = (21, 576);
+        let (rows, cols) = (21, if T::BLCK_SIZE == 256 { 768 } else { 576 });
         let (bytes, _) = via_candle::<T>(&mut rng, rows, cols);
         let w = QMatrix::new(dtype, rows, cols, &bytes).unwrap();
         let (m, b) = (
@@ -527,7 +530,7 @@ fn fifth_bits_as_masks_or_bytes_give_the_same_products() {
         }
         let both: Vec<Isa> = isa::available()
             .into_iter()
-            .filter(|&i| i <= Isa::Avx2)
+            .filter(|&i| i <= Isa::Avx2 && (dtype != GgmlDType::Q6K || i == Isa::Scalar))
             .collect();
         for n in [1, 3, 8] {
             let x = randn(&mut rng, n * cols);
@@ -542,6 +545,7 @@ fn fifth_bits_as_masks_or_bytes_give_the_same_products() {
     }
     one::<ck::BlockQ5_0>(GgmlDType::Q5_0);
     one::<ck::BlockQ5_1>(GgmlDType::Q5_1);
+    one::<ck::BlockQ6K>(GgmlDType::Q6K);
 }
 
 /// A `Q6_K` batch of 8 or more tokens takes llama.cpp's tiled order, 4 tokens a pass, the

@@ -7,8 +7,8 @@
 //! In llama.cpp's order (the default, [`Numerics::Reference`]) each row keeps eight `f32`
 //! lanes, one per 4-value group, that fill the 16 registers for one token and one half: a pass
 //! is one token. `WARD_NUMERICS=fast` sums a block in integers and scales it once, up to four
-//! tokens a pass. `Q4_K` / `Q5_K` tiles go to `avx2_packed_k.rs`; `packed::packs` keeps `Q6_K`
-//! in the GGUF layout, where the row kernels of `avx2.rs` serve it.
+//! tokens a pass. `Q4_K` / `Q5_K` tiles go to `avx2_packed_k.rs`, `Q6_K` ones to
+//! `avx2_packed_q6.rs`.
 
 use super::super::blocks::BlockQ8s;
 use super::super::isa::{self, Numerics, numerics};
@@ -405,8 +405,8 @@ unsafe fn passes<const F: u8, const HB: bool>(
     }
 }
 
-/// The packed tile kernel for the 32-wide formats, `Q4_K` and `Q5_K`
-/// (`packed_matmul::TileFn`; `Q6_K` tiles go to the portable kernel, see the module docs).
+/// The AVX2 packed tile kernel (`packed_matmul::TileFn`) of every packed format (`Q6_K`
+/// with its high bits as bytes).
 ///
 /// # Safety
 /// Requires AVX2, FMA and F16C.
@@ -420,9 +420,11 @@ pub unsafe fn tile(
     next: isize,
     out: &mut [[f32; R]],
 ) {
-    assert!(!lay.q6, "AVX2 packed kernel: no Q6_K");
     // SAFETY: same features.
     unsafe {
+        if lay.q6 {
+            return super::avx2_packed_q6::tile(lay, tile, a, arow, gemm, next, out);
+        }
         if lay.kquant {
             return super::avx2_packed_k::tile(lay, tile, a, arow, gemm, next, out);
         }

@@ -6,6 +6,7 @@
 mod avx2;
 pub mod avx2_packed;
 mod avx2_packed_k;
+mod avx2_packed_q6;
 mod avx512_k;
 mod avx512_legacy;
 pub mod avx512_packed;

@@ -44,7 +44,7 @@ impl Ahead {
 
     /// The distance to prefetch block column `b` at, if this pass fetches it.
     #[inline(always)]
-    fn fetches(self, b: usize) -> Option<isize> {
+    pub(super) fn fetches(self, b: usize) -> Option<isize> {
         match self {
             Ahead::NextTile(d) => Some(d),
             Ahead::Share { d, pass, of } if b % of == pass => Some(d),
