@@ -135,16 +135,15 @@ unsafe fn lone_token(
                 }
             }
         }
-        for h in 0..2 {
-            let dx = _mm256_mul_ps(dv[h], _mm256_set1_ps(x.d));
-            for (e, &s) in isum[h].iter().enumerate() {
-                let l = 4 * p + e;
-                // SAFETY: as the caller guarantees.
-                let off = offset(unsafe { scale_pair(col, l, h) }, x, l);
-                let v = _mm256_sub_epi32(s, _mm256_slli_epi32::<5>(off));
-                lanes[h][l] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), dx, lanes[h][l]);
-            }
-        }
+        // SAFETY: as the caller guarantees.
+        add_lanes(
+            p,
+            &isum,
+            |h, l| unsafe { scale_pair(col, l, h) },
+            x,
+            dv,
+            lanes,
+        );
     }
 }
 
@@ -179,6 +178,32 @@ fn offset(pair: __m256i, x: &BlockQ8K, l: usize) -> __m256i {
     unsafe {
         let b = x.bsums.as_ptr().add(2 * l).cast::<i32>().read_unaligned();
         _mm256_madd_epi16(pair, _mm256_set1_epi32(b))
+    }
+}
+
+/// The one-row order's step for lanes `4p..4p + 4` of both halves: each lane's integer sum
+/// (`isum[h][e]` for lane `4p + e`) less its offset, scaled by `d · x.d` and accumulated;
+/// `pair(h, l)` gives [`scale_pair`].
+#[inline(always)]
+fn add_lanes(
+    p: usize,
+    isum: &[[__m256i; 4]; 2],
+    pair: impl Fn(usize, usize) -> __m256i,
+    x: &BlockQ8K,
+    dv: [__m256; 2],
+    lanes: &mut [[__m256; 8]; 2],
+) {
+    // SAFETY: only called from functions compiled with AVX2, FMA.
+    unsafe {
+        for h in 0..2 {
+            let dx = _mm256_mul_ps(dv[h], _mm256_set1_ps(x.d));
+            for (e, &s) in isum[h].iter().enumerate() {
+                let l = 4 * p + e;
+                let off = _mm256_slli_epi32::<5>(offset(pair(h, l), x, l));
+                let v = _mm256_sub_epi32(s, off);
+                lanes[h][l] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), dx, lanes[h][l]);
+            }
+        }
     }
 }
 
@@ -287,16 +312,7 @@ pub(super) unsafe fn tile(
                         }
                     }
                 }
-                for h in 0..2 {
-                    let dx = _mm256_mul_ps(dv[h], _mm256_set1_ps(x.d));
-                    for (e, &s) in isum[h].iter().enumerate() {
-                        let l = 4 * p + e;
-                        let off = _mm256_slli_epi32::<5>(offset(u[h].pairs[l], x, l));
-                        let v = _mm256_sub_epi32(s, off);
-                        let lane = &mut lanes[t][h][l];
-                        *lane = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), dx, *lane);
-                    }
-                }
+                add_lanes(p, &isum, |h, l| u[h].pairs[l], x, dv, &mut lanes[t]);
             }
         }
     }
