@@ -238,8 +238,9 @@ pub(super) unsafe fn tile(
     let zero = _mm256_setzero_ps();
     let mut sums = [[zero; MAX_TOKENS]; 2];
     let mut lanes = [[[zero; 8]; 2]; MAX_TOKENS];
-    // SAFETY: all-zero bits are valid vectors.
-    let mut u: [Half; 2] = unsafe { std::mem::zeroed() };
+    // The unpacked halves, made (5.6 KiB zeroed) only where a batch needs them, not per lone
+    // token of decode.
+    let mut buf: Option<[Half; 2]> = None;
     for b in 0..nb {
         let col = tile[b * lay.bytes..(b + 1) * lay.bytes].as_ptr();
         // SAFETY: token `t`'s block `b` lies inside `a` (asserted), 64-byte aligned.
@@ -261,10 +262,13 @@ pub(super) unsafe fn tile(
             unsafe { lone_token(col, x(0), dv, part, &mut lanes[0]) };
             continue;
         }
+        // SAFETY: all-zero bits are valid vectors.
+        let u = buf.get_or_insert_with(|| unsafe { std::mem::zeroed() });
         for (h, u) in u.iter_mut().enumerate() {
             // SAFETY: as above.
             unsafe { unpack(col, h, u) };
         }
+        let u = &*u;
         // Each broadcast activation group serves both halves.
         for t in 0..gemm {
             let x = x(t);
