@@ -2,11 +2,12 @@
 //! AVX-512 (Zen 3 and older, Intel's client cores). A 64-byte group of a tile holds 4 values of
 //! 16 rows; each half of it, one `ymm`, holds them for 8 rows, so `vpmaddubsw` and `vpmaddwd`
 //! against a broadcast 4-byte activation group give the 4-value sums of 8 rows at once, with no
-//! horizontal sums. A tile's two halves (rows 0-7, 8-15) are separate passes.
+//! horizontal sums.
 //!
 //! In llama.cpp's order (the default, [`Numerics::Reference`]) each row keeps eight `f32`
-//! lanes, one per 4-value group, that fill the 16 registers for one token and one half: a pass
-//! is one token. `WARD_NUMERICS=fast` sums a block in integers and scales it once, up to four
+//! lanes, one per 4-value group, that fill the 16 registers for one token and one half (rows
+//! 0-7 or 8-15): a batch's pass is one token and one half; a lone token takes both halves in
+//! one pass, so that its weights stream once. `WARD_NUMERICS=fast` sums a block in integers and scales it once, up to four
 //! tokens a pass. `Q4_K` / `Q5_K` tiles go to `avx2_packed_k.rs`, `Q6_K` ones to
 //! `avx2_packed_q6.rs`.
 
@@ -193,11 +194,17 @@ unsafe fn cached_pair<const F: u8, const HB: bool, const C: u8>(
     }
 }
 
-/// Rows `8h..8h+8` of a tile against one token's activations `x`, in llama.cpp's order
-/// (`ggml_vec_dot_q4_1_q8_1` and its siblings, AVX2 build): per row, eight 4-value integer sums
-/// per block (offsets taken off in integers), each scaled and accumulated in its own lane
-/// across the blocks, the lanes folded as `hsum_float_8` folds them, then the separately
-/// accumulated minimum term added.
+/// Rows `8h0..8h0+8H` of a tile (`H` halves from half `h0`) against one token's activations
+/// `x`, in llama.cpp's order (`ggml_vec_dot_q4_1_q8_1` and its siblings, AVX2 build): per row,
+/// eight 4-value integer sums per block (offsets taken off in integers), each scaled and
+/// accumulated in its own lane across the blocks, the lanes folded as `hsum_float_8` folds them,
+/// then the separately accumulated minimum term added.
+///
+/// `H = 2` (a lone token) reads each block column once for both halves: its 16 accumulators
+/// no longer fit the registers with the rest, but the weights stream in one pass instead of
+/// being fetched by the first half's pass while the second's re-reads them from cache and the
+/// memory waits (streamed `/1` 0.72-0.87x the time, level in cache; see BENCHMARKS.md). A
+/// batch's passes take one half each (`H = 1`), sharing the unpacked weights through `cache`.
 ///
 /// `PF`: the pass may prefetch (`ahead` is not [`Ahead::None`]). The passes that never do (a
 /// prefill's, and a streamed batch's later ones on AMD) run a loop without the per-column test
@@ -205,20 +212,22 @@ unsafe fn cached_pair<const F: u8, const HB: bool, const C: u8>(
 ///
 /// # Safety
 /// AVX2, FMA, F16C; `tile` holds `nb` block columns of format `F`, `x` `nb` activation blocks;
-/// unless `C == DIRECT`, `cache` holds `cached::<F>() * nb` vectors.
+/// `h0 + H <= 2`; unless `C == DIRECT` (required for `H = 2`), `cache` holds
+/// `cached::<F>() * nb` vectors.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn half_x<const F: u8, const HB: bool, const C: u8, const PF: bool>(
+unsafe fn halves_x<const F: u8, const HB: bool, const C: u8, const PF: bool, const H: usize>(
     tile: *const u8,
     nb: usize,
     x: *const BlockQ8s,
-    h: usize,
+    h0: usize,
     ahead: Ahead,
     cache: *mut __m256i,
-) -> __m256 {
+) -> [__m256; H] {
+    const { assert!(H == 1 || (H == 2 && C == DIRECT)) };
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 8];
-    let mut summ = _mm256_setzero_ps();
+    let mut acc = [[_mm256_setzero_ps(); 8]; H];
+    let mut summ = [_mm256_setzero_ps(); H];
     for b in 0..nb {
         // SAFETY: column `b` and activation block `b` lie inside what the caller guarantees.
         unsafe {
@@ -227,37 +236,43 @@ unsafe fn half_x<const F: u8, const HB: bool, const C: u8, const PF: bool>(
                 prefetch(ahead, b, col, Fmt::<F>::BYTES);
             }
             let x = &*x.add(b);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(col.add(16 * h).cast()));
-            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
-            for g in 0..4 {
-                let at = cache.wrapping_add(cached::<F>() * b + cached::<F>() / 4 * g);
-                let wp = cached_pair::<F, HB, C>(col, h, g, at);
-                for k in 0..2 {
-                    let j = 2 * g + k;
-                    let p = pairs_abs::<F>(wp[k], wp[2 + k], group(x, j));
-                    let mut s = _mm256_madd_epi16(p, ones);
-                    if !Fmt::<F>::MIN && !Fmt::<F>::Q8 {
-                        // `-offset · Σ` of the group's activations (`c4`, scaled by the
-                        // dispatch).
-                        s = _mm256_add_epi32(s, _mm256_set1_epi32(x.c4[j]));
+            for (i, (acc, summ)) in acc.iter_mut().zip(&mut summ).enumerate() {
+                let h = h0 + i;
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(col.add(16 * h).cast()));
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
+                for g in 0..4 {
+                    let at = cache.wrapping_add(cached::<F>() * b + cached::<F>() / 4 * g);
+                    let wp = cached_pair::<F, HB, C>(col, h, g, at);
+                    for k in 0..2 {
+                        let j = 2 * g + k;
+                        let p = pairs_abs::<F>(wp[k], wp[2 + k], group(x, j));
+                        let mut s = _mm256_madd_epi16(p, ones);
+                        if !Fmt::<F>::MIN && !Fmt::<F>::Q8 {
+                            // `-offset · Σ` of the group's activations (`c4`, scaled by the
+                            // dispatch).
+                            s = _mm256_add_epi32(s, _mm256_set1_epi32(x.c4[j]));
+                        }
+                        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[j]);
                     }
-                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[j]);
                 }
-            }
-            if Fmt::<F>::MIN {
-                let m = _mm256_cvtph_ps(_mm_loadu_si128(col.add(Fmt::<F>::M_AT + 16 * h).cast()));
-                summ = _mm256_fmadd_ps(m, _mm256_set1_ps(x.s), summ);
+                if Fmt::<F>::MIN {
+                    let m =
+                        _mm256_cvtph_ps(_mm_loadu_si128(col.add(Fmt::<F>::M_AT + 16 * h).cast()));
+                    *summ = _mm256_fmadd_ps(m, _mm256_set1_ps(x.s), *summ);
+                }
             }
         }
     }
-    let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
-    let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
-    let r = _mm256_add_ps(lo, hi);
-    if Fmt::<F>::MIN {
-        _mm256_add_ps(r, summ)
-    } else {
-        r
+    let mut r = [_mm256_setzero_ps(); H];
+    for ((r, acc), summ) in r.iter_mut().zip(&acc).zip(summ) {
+        let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+        let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+        *r = _mm256_add_ps(lo, hi);
+        if Fmt::<F>::MIN {
+            *r = _mm256_add_ps(*r, summ);
+        }
     }
+    r
 }
 
 /// Rows `8h..8h+8` of a tile against `T` tokens (`x`, `arow` bytes apart) in ward's own order
@@ -266,7 +281,7 @@ unsafe fn half_x<const F: u8, const HB: bool, const C: u8, const PF: bool>(
 /// in 16 bits; 5-bit ones four at a time; `Q8_0` ones go to 32 bits one by one.
 ///
 /// # Safety
-/// As [`half_x`], for `T` tokens.
+/// As [`halves_x`], for `T` tokens.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn half_fast<const T: usize, const F: u8, const HB: bool>(
@@ -354,46 +369,44 @@ unsafe fn passes<const F: u8, const HB: bool>(
     let per = if fast { 4 } else { 1 };
     let passes = 2 * n.div_ceil(per);
     let p = tile.as_ptr();
+    if !fast && n == 1 {
+        // A lone token: one pass over both halves.
+        let ahead = Ahead::of_pass(next, 0, 1, later);
+        let (x, null) = (a.as_ptr().cast(), std::ptr::null_mut());
+        // SAFETY: lengths asserted by `columns`; same features.
+        let r = unsafe { halves_x::<F, HB, DIRECT, true, 2>(p, nb, x, 0, ahead, null) };
+        for (h, r) in r.into_iter().enumerate() {
+            // SAFETY: 8 floats from `8h` of the 16.
+            unsafe { _mm256_storeu_ps(out[0].as_mut_ptr().add(8 * h), r) };
+        }
+        return;
+    }
     if !fast {
-        // One token a pass. Several tokens: the first pass over each half stores the weight
+        // One token and one half a pass: the first pass over each half stores the weight
         // vectors it unpacks (and `Q8_0`'s magnitudes), the others load them.
-        let cache = n > 1;
         // SAFETY: an all-zero vector is a valid `__m256i`.
         let zero = unsafe { std::mem::zeroed() };
-        return with_unpacked(
-            &UNPACKED,
-            cache.then_some(cached::<F>() * nb),
-            zero,
-            |buf| {
-                for h in 0..2 {
-                    for (t, o) in out.iter_mut().enumerate() {
-                        let ahead = Ahead::of_pass(next, h * n + t, passes, later);
-                        let x = a[t * arow..].as_ptr().cast();
-                        // SAFETY: lengths asserted by `columns`; with a cache, `buf` holds
-                        // `cached::<F>() * nb` vectors; same features.
-                        let r = unsafe {
-                            let pf = !matches!(ahead, Ahead::None);
-                            match (cache, t, pf) {
-                                (false, _, _) => {
-                                    half_x::<F, HB, DIRECT, true>(p, nb, x, h, ahead, buf)
-                                }
-                                (true, 0, _) => {
-                                    half_x::<F, HB, FILL, true>(p, nb, x, h, ahead, buf)
-                                }
-                                (true, _, true) => {
-                                    half_x::<F, HB, READ, true>(p, nb, x, h, ahead, buf)
-                                }
-                                (true, _, false) => {
-                                    half_x::<F, HB, READ, false>(p, nb, x, h, ahead, buf)
-                                }
+        return with_unpacked(&UNPACKED, Some(cached::<F>() * nb), zero, |buf| {
+            for h in 0..2 {
+                for (t, o) in out.iter_mut().enumerate() {
+                    let ahead = Ahead::of_pass(next, h * n + t, passes, later);
+                    let x = a[t * arow..].as_ptr().cast();
+                    // SAFETY: lengths asserted by `columns`; `buf` holds `cached::<F>() * nb`
+                    // vectors; same features.
+                    let [r] = unsafe {
+                        match (t, !matches!(ahead, Ahead::None)) {
+                            (0, _) => halves_x::<F, HB, FILL, true, 1>(p, nb, x, h, ahead, buf),
+                            (_, true) => halves_x::<F, HB, READ, true, 1>(p, nb, x, h, ahead, buf),
+                            (_, false) => {
+                                halves_x::<F, HB, READ, false, 1>(p, nb, x, h, ahead, buf)
                             }
-                        };
-                        // SAFETY: 8 floats from `8h` of the 16.
-                        unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), r) };
-                    }
+                        }
+                    };
+                    // SAFETY: 8 floats from `8h` of the 16.
+                    unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), r) };
                 }
-            },
-        );
+            }
+        });
     }
     let mut pass = 0;
     for h in 0..2 {
