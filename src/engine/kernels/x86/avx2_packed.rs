@@ -275,80 +275,87 @@ unsafe fn halves_x<const F: u8, const HB: bool, const C: u8, const PF: bool, con
     r
 }
 
-/// Rows `8h..8h+8` of a tile against `T` tokens (`x`, `arow` bytes apart) in ward's own order
-/// (`WARD_NUMERICS=fast`): each block's 32-value sum in integers, scaled once, the minimum
-/// (or offset) term fused in. 4-bit pairs are at most `2 · 15 · 127`, so eight of them add up
-/// in 16 bits; 5-bit ones four at a time; `Q8_0` ones go to 32 bits one by one.
+/// Rows `8h0..8h0+8H` of a tile (`H` halves from `h0`) against `T` tokens (`x`, `arow` bytes
+/// apart) in ward's own order (`WARD_NUMERICS=fast`): each block's 32-value sum in integers,
+/// scaled once, the minimum (or offset) term fused in. 4-bit pairs are at most `2 · 15 · 127`,
+/// so eight of them add up in 16 bits; 5-bit ones four at a time; `Q8_0` ones go to 32 bits
+/// one by one. A lone token takes both halves (`H = 2`) in one pass, as in [`halves_x`].
 ///
 /// # Safety
-/// As [`halves_x`], for `T` tokens.
+/// As [`halves_x`], for `T` tokens; `h0 + H <= 2`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn half_fast<const T: usize, const F: u8, const HB: bool>(
+unsafe fn halves_fast<const T: usize, const F: u8, const HB: bool, const H: usize>(
     tile: *const u8,
     nb: usize,
     x: *const u8,
     arow: usize,
-    h: usize,
+    h0: usize,
     ahead: Ahead,
-) -> [__m256; T] {
+) -> [[__m256; T]; H] {
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); T];
+    let mut accs = [[_mm256_setzero_ps(); T]; H];
     for b in 0..nb {
         // SAFETY: column `b` and each token's block `b` lie inside what the caller guarantees.
         unsafe {
             let col = tile.add(b * Fmt::<F>::BYTES);
             prefetch(ahead, b, col, Fmt::<F>::BYTES);
-            let wv = values::<F, HB>(col, h);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(col.add(16 * h).cast()));
-            let c = if Fmt::<F>::MIN {
-                _mm256_cvtph_ps(_mm_loadu_si128(col.add(Fmt::<F>::M_AT + 16 * h).cast()))
-            } else {
-                _mm256_mul_ps(dw, _mm256_set1_ps(-Fmt::<F>::OFFSET))
-            };
-            for (t, acc) in acc.iter_mut().enumerate() {
-                let x = &*x.add(t * arow + b * XB).cast::<BlockQ8s>();
-                // No closures here: they would not inherit the target features.
-                let mut p = [_mm256_setzero_si256(); 8];
-                for (j, p) in p.iter_mut().enumerate() {
-                    *p = pairs::<F>(wv[j], group(x, j));
-                }
-                let s = if Fmt::<F>::Q8 {
-                    let mut s = _mm256_madd_epi16(p[0], ones);
-                    for &p in &p[1..] {
-                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
-                    }
-                    s
+            for (i, acc) in accs.iter_mut().enumerate() {
+                let h = h0 + i;
+                let wv = values::<F, HB>(col, h);
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(col.add(16 * h).cast()));
+                let c = if Fmt::<F>::MIN {
+                    _mm256_cvtph_ps(_mm_loadu_si128(col.add(Fmt::<F>::M_AT + 16 * h).cast()))
                 } else {
-                    let lo = _mm256_add_epi16(
-                        _mm256_add_epi16(p[0], p[1]),
-                        _mm256_add_epi16(p[2], p[3]),
-                    );
-                    let hi = _mm256_add_epi16(
-                        _mm256_add_epi16(p[4], p[5]),
-                        _mm256_add_epi16(p[6], p[7]),
-                    );
-                    if Fmt::<F>::Q5 {
-                        // Four 5-bit pairs fit 16 bits, eight do not.
-                        _mm256_add_epi32(_mm256_madd_epi16(lo, ones), _mm256_madd_epi16(hi, ones))
-                    } else {
-                        _mm256_madd_epi16(_mm256_add_epi16(lo, hi), ones)
-                    }
+                    _mm256_mul_ps(dw, _mm256_set1_ps(-Fmt::<F>::OFFSET))
                 };
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, *acc);
-                if !Fmt::<F>::Q8 {
-                    // `Q8_0`'s values are signed here: no offset to take off.
-                    *acc = _mm256_fmadd_ps(c, _mm256_set1_ps(x.s), *acc);
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let x = &*x.add(t * arow + b * XB).cast::<BlockQ8s>();
+                    // No closures here: they would not inherit the target features.
+                    let mut p = [_mm256_setzero_si256(); 8];
+                    for (j, p) in p.iter_mut().enumerate() {
+                        *p = pairs::<F>(wv[j], group(x, j));
+                    }
+                    let s = if Fmt::<F>::Q8 {
+                        let mut s = _mm256_madd_epi16(p[0], ones);
+                        for &p in &p[1..] {
+                            s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                        }
+                        s
+                    } else {
+                        let lo = _mm256_add_epi16(
+                            _mm256_add_epi16(p[0], p[1]),
+                            _mm256_add_epi16(p[2], p[3]),
+                        );
+                        let hi = _mm256_add_epi16(
+                            _mm256_add_epi16(p[4], p[5]),
+                            _mm256_add_epi16(p[6], p[7]),
+                        );
+                        if Fmt::<F>::Q5 {
+                            // Four 5-bit pairs fit 16 bits, eight do not.
+                            _mm256_add_epi32(
+                                _mm256_madd_epi16(lo, ones),
+                                _mm256_madd_epi16(hi, ones),
+                            )
+                        } else {
+                            _mm256_madd_epi16(_mm256_add_epi16(lo, hi), ones)
+                        }
+                    };
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, *acc);
+                    if !Fmt::<F>::Q8 {
+                        // `Q8_0`'s values are signed here: no offset to take off.
+                        *acc = _mm256_fmadd_ps(c, _mm256_set1_ps(x.s), *acc);
+                    }
                 }
             }
         }
     }
-    acc
+    accs
 }
 
 /// One format's passes over a tile: two halves × the tokens, one token a pass in llama.cpp's
-/// order, up to four in ward's.
+/// order, up to four in ward's; a lone token's one pass takes both halves.
 ///
 /// # Safety
 /// AVX2, FMA, F16C.
@@ -408,6 +415,16 @@ unsafe fn passes<const F: u8, const HB: bool>(
             }
         });
     }
+    if n == 1 {
+        let ahead = Ahead::of_pass(next, 0, 1, later);
+        // SAFETY: lengths asserted by `columns`; same features.
+        let r = unsafe { halves_fast::<1, F, HB, 2>(p, nb, a.as_ptr(), arow, 0, ahead) };
+        for (h, [r]) in r.into_iter().enumerate() {
+            // SAFETY: 8 floats from `8h` of the 16.
+            unsafe { _mm256_storeu_ps(out[0].as_mut_ptr().add(8 * h), r) };
+        }
+        return;
+    }
     let mut pass = 0;
     for h in 0..2 {
         for (c, o) in out.chunks_mut(per).enumerate() {
@@ -417,7 +434,7 @@ unsafe fn passes<const F: u8, const HB: bool>(
             macro_rules! run {
                 ($t:literal) => {{
                     // SAFETY: lengths asserted by `columns`; same features.
-                    let r = unsafe { half_fast::<$t, F, HB>(p, nb, x, arow, h, ahead) };
+                    let [r] = unsafe { halves_fast::<$t, F, HB, 1>(p, nb, x, arow, h, ahead) };
                     for (o, r) in o.iter_mut().zip(r) {
                         // SAFETY: 8 floats from `8h` of the 16.
                         unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), r) };
