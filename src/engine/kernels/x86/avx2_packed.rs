@@ -7,8 +7,8 @@
 //! In llama.cpp's order (the default, [`Numerics::Reference`]) each row keeps eight `f32`
 //! lanes, one per 4-value group, that fill the 16 registers for one token and one half (rows
 //! 0-7 or 8-15): a batch's pass is one token and one half; a lone token takes both halves in
-//! one pass, so that its weights stream once. `WARD_NUMERICS=fast` sums a block in integers and scales it once, up to four
-//! tokens a pass. `Q4_K` / `Q5_K` tiles go to `avx2_packed_k.rs`, `Q6_K` ones to
+//! one pass, so that its weights stream once. `WARD_NUMERICS=fast` sums a block in integers
+//! and scales it once, up to four tokens a pass. `Q4_K` / `Q5_K` tiles go to `avx2_packed_k.rs`, `Q6_K` ones to
 //! `avx2_packed_q6.rs`.
 
 use super::super::blocks::BlockQ8s;
@@ -376,12 +376,18 @@ unsafe fn passes<const F: u8, const HB: bool>(
     let per = if fast { 4 } else { 1 };
     let passes = 2 * n.div_ceil(per);
     let p = tile.as_ptr();
-    if !fast && n == 1 {
-        // A lone token: one pass over both halves.
+    if n == 1 {
+        // A lone token: one pass over both halves, in either order.
         let ahead = Ahead::of_pass(next, 0, 1, later);
-        let (x, null) = (a.as_ptr().cast(), std::ptr::null_mut());
         // SAFETY: lengths asserted by `columns`; same features.
-        let r = unsafe { halves_x::<F, HB, DIRECT, true, 2>(p, nb, x, 0, ahead, null) };
+        let r = unsafe {
+            if fast {
+                halves_fast::<1, F, HB, 2>(p, nb, a.as_ptr(), arow, 0, ahead).map(|[r]| r)
+            } else {
+                let (x, null) = (a.as_ptr().cast(), std::ptr::null_mut());
+                halves_x::<F, HB, DIRECT, true, 2>(p, nb, x, 0, ahead, null)
+            }
+        };
         for (h, r) in r.into_iter().enumerate() {
             // SAFETY: 8 floats from `8h` of the 16.
             unsafe { _mm256_storeu_ps(out[0].as_mut_ptr().add(8 * h), r) };
@@ -414,16 +420,6 @@ unsafe fn passes<const F: u8, const HB: bool>(
                 }
             }
         });
-    }
-    if n == 1 {
-        let ahead = Ahead::of_pass(next, 0, 1, later);
-        // SAFETY: lengths asserted by `columns`; same features.
-        let r = unsafe { halves_fast::<1, F, HB, 2>(p, nb, a.as_ptr(), arow, 0, ahead) };
-        for (h, [r]) in r.into_iter().enumerate() {
-            // SAFETY: 8 floats from `8h` of the 16.
-            unsafe { _mm256_storeu_ps(out[0].as_mut_ptr().add(8 * h), r) };
-        }
-        return;
     }
     let mut pass = 0;
     for h in 0..2 {
