@@ -23,6 +23,8 @@ pub struct Valid {
     /// The name the client gave the length limit (`max_tokens` or `max_completion_tokens`).
     pub max_tokens_param: &'static str,
     pub stop: Vec<String>,
+    /// Generate past end-of-generation tokens.
+    pub ignore_eos: bool,
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
@@ -90,6 +92,7 @@ pub fn validate(f: &SamplingFields) -> Result<Valid, ApiError> {
         max_tokens,
         max_tokens_param,
         stop,
+        ignore_eos: f.ignore_eos,
         n: n as usize,
         stream: f.stream,
         include_usage: f.stream_options.as_ref().is_some_and(|o| o.include_usage),
@@ -126,6 +129,7 @@ pub fn request(
     // Distinct but reproducible seeds for n > 1.
     req.sampling.seed = v.sampling.seed.map(|s| s.wrapping_add(choice as u64));
     req.stop = v.stop.clone();
+    req.ignore_eos = v.ignore_eos;
     req.logprobs = logprobs;
     req.check(ctx)?;
     Ok(req)

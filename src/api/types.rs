@@ -120,6 +120,10 @@ pub struct SamplingFields {
     pub min_p: Option<f32>,
     /// Extension: repetition penalty.
     pub repetition_penalty: Option<f32>,
+    /// Extension (llama.cpp, vLLM): keep generating past end-of-generation tokens, to
+    /// `max_tokens` or a stop string, as load tests need.
+    #[serde(default)]
+    pub ignore_eos: bool,
     /// Stream with server-sent events.
     #[serde(default)]
     pub stream: bool,

@@ -304,3 +304,30 @@ async fn stop_strings() {
     assert_eq!(got[0].0, &full[..at]);
     assert_eq!(got[0].1.as_deref(), Some("stop"));
 }
+
+/// `ignore_eos` (llama.cpp's and vLLM's extension, which `ward bench --ignore-eos` sends) runs
+/// a request that would end at its end-of-turn token on to `max_tokens`.
+#[tokio::test]
+async fn ignore_eos_runs_to_max_tokens() {
+    let app = shared();
+    let q = "Answer with one word: what colour is the sky on a clear day?";
+    let body = |extra: Value| {
+        let mut b = chat(q, json!({"max_tokens": 48, "temperature": 0}));
+        merge(&mut b, extra);
+        b
+    };
+    let v = post(&app, "/v1/chat/completions", &body(json!({})))
+        .await
+        .ok_json();
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    assert!(usage_ok(&v).1 < 48, "{v}");
+    let v = post(
+        &app,
+        "/v1/chat/completions",
+        &body(json!({"ignore_eos": true})),
+    )
+    .await
+    .ok_json();
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert_eq!(usage_ok(&v).1, 48, "{v}");
+}
