@@ -235,6 +235,10 @@ pub unsafe fn accumulate(
     }
 }
 
+/// Most heads [`tree_heads`] takes in one pass: their `4 · TREE_G` lane accumulators and the
+/// key vector fill the 16 registers.
+const TREE_G: usize = 3;
+
 /// # Safety
 /// AVX2/FMA/F16C; the lengths `f16ops::scores_tree` checks; `hd` a multiple of 64.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -258,17 +262,33 @@ pub unsafe fn scores_tree(
             lanes,
             hd,
         };
-        for h in 0..g {
-            // SAFETY: `hd` rows of `lanes` halves from `p0` in `kt` (the caller's lengths),
-            // head `h` in `q`; `lanes` floats from `h * n + p0` inside `out`.
-            unsafe {
-                let r = tree_head(keys, &q[h * hd..(h + 1) * hd]);
-                store8(
-                    out.as_mut_ptr().add(h * n + p0),
-                    _mm256_mul_ps(r, vs),
-                    lanes,
-                );
+        let mut h0 = 0;
+        while h0 < g {
+            let left = (g - h0).min(TREE_G);
+            let q = &q[h0 * hd..(h0 + left) * hd];
+            macro_rules! heads {
+                ($g:literal) => {{
+                    // SAFETY: `hd` rows of `lanes` halves from `p0` in `kt` (the caller's
+                    // lengths), `$g` heads in `q`.
+                    let r = unsafe { tree_heads::<$g>(keys, q) };
+                    for (h, r) in r.into_iter().enumerate() {
+                        // SAFETY: `lanes` floats from `(h0 + h) * n + p0` lie inside `out`.
+                        unsafe {
+                            store8(
+                                out.as_mut_ptr().add((h0 + h) * n + p0),
+                                _mm256_mul_ps(r, vs),
+                                lanes,
+                            )
+                        };
+                    }
+                }};
             }
+            match left {
+                1 => heads!(1),
+                2 => heads!(2),
+                _ => heads!(3),
+            }
+            h0 += left;
         }
     }
 }
@@ -284,33 +304,51 @@ struct Keys<'a> {
     hd: usize,
 }
 
-/// The unscaled scores of one head for 8 positions from `p0`, in `ggml_vec_dot_f16`'s order
-/// (AVX-512 build, as `f16ops::scores_tree_scalar`): per lane `l` of 16, four accumulators
-/// over the 64-wide steps folded pairwise (`c[l]`), then `t[i] = c[i + 8] + c[i]`,
-/// `u[i] = t[i + 4] + t[i]`, `(u0 + u2) + (u1 + u3)`.
+/// The unscaled scores of `G` heads (`q`, one after another) for 8 positions from `p0`, in
+/// `ggml_vec_dot_f16`'s order (AVX-512 build, as `f16ops::scores_tree_scalar`): per lane `l`
+/// of 16, four accumulators over the 64-wide steps folded pairwise (`c[l]`), then
+/// `t[i] = c[i + 8] + c[i]`, `u[i] = t[i + 4] + t[i]`, `(u0 + u2) + (u1 + u3)`. Each key vector
+/// is loaded and converted once for all `G` heads (the AVX-512 kernel's structure), and the
+/// lanes are visited in the order that lets the fold proceed as they come.
 ///
 /// # Safety
-/// AVX2/FMA/F16C; `keys` inside `kt`, `hd` a multiple of 64; `hd` floats in `q`.
+/// AVX2/FMA/F16C; `keys` inside `kt`, `hd` a multiple of 64; `G * hd` floats in `q`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tree_head(keys: Keys, q: &[f32]) -> __m256 {
-    // SAFETY: the caller's lengths, lanes below 16.
-    let c = |l: usize| unsafe { lane_sum(keys, q, l) };
-    let u: [__m256; 4] = std::array::from_fn(|i| {
-        let t = _mm256_add_ps(c(i + 8), c(i));
-        let t4 = _mm256_add_ps(c(i + 12), c(i + 4));
-        _mm256_add_ps(t4, t)
-    });
-    _mm256_add_ps(_mm256_add_ps(u[0], u[2]), _mm256_add_ps(u[1], u[3]))
+unsafe fn tree_heads<const G: usize>(keys: Keys, q: &[f32]) -> [__m256; G] {
+    let mut a = [_mm256_setzero_ps(); G];
+    let mut r = [_mm256_setzero_ps(); G];
+    for (k, i) in [0, 2, 1, 3].into_iter().enumerate() {
+        // SAFETY: the caller's lengths, lanes `i`, `i + 4`, `i + 8`, `i + 12` below 16.
+        let (ci, ci8) = unsafe { (lane_sums::<G>(keys, q, i), lane_sums::<G>(keys, q, i + 8)) };
+        let t: [__m256; G] = std::array::from_fn(|h| _mm256_add_ps(ci8[h], ci[h]));
+        // SAFETY: as above.
+        let (ci4, ci12) = unsafe {
+            (
+                lane_sums::<G>(keys, q, i + 4),
+                lane_sums::<G>(keys, q, i + 12),
+            )
+        };
+        for h in 0..G {
+            let u = _mm256_add_ps(_mm256_add_ps(ci12[h], ci4[h]), t[h]);
+            match k {
+                0 => a[h] = u,
+                1 => a[h] = _mm256_add_ps(a[h], u),
+                2 => r[h] = u,
+                _ => r[h] = _mm256_add_ps(a[h], _mm256_add_ps(r[h], u)),
+            }
+        }
+    }
+    r
 }
 
-/// `c[l]` of [`tree_head`].
+/// `c[l]` of [`tree_heads`] for each of the `G` heads.
 ///
 /// # Safety
-/// As [`tree_head`], with `l < 16`.
+/// As [`tree_heads`], with `l < 16`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn lane_sum(keys: Keys, q: &[f32], l: usize) -> __m256 {
+unsafe fn lane_sums<const G: usize>(keys: Keys, q: &[f32], l: usize) -> [__m256; G] {
     let Keys {
         kt,
         stride,
@@ -318,18 +356,24 @@ unsafe fn lane_sum(keys: Keys, q: &[f32], l: usize) -> __m256 {
         lanes,
         hd,
     } = keys;
-    let mut s = [_mm256_setzero_ps(); 4];
+    let mut s = [[_mm256_setzero_ps(); 4]; G];
     for st in (0..hd).step_by(64) {
-        for (j, s) in s.iter_mut().enumerate() {
+        for j in 0..4 {
             let i = st + 16 * j + l;
-            // SAFETY: row `i < hd` of `kt`, and `q[i]` (the caller's lengths).
+            // SAFETY: row `i < hd` of `kt`, and `q[h * hd + i]` (the caller's lengths).
             unsafe {
                 let k = load8(kt.as_ptr().add(i * stride + p0), lanes);
-                *s = _mm256_fmadd_ps(k, _mm256_set1_ps(*q.get_unchecked(i)), *s);
+                for (h, s) in s.iter_mut().enumerate() {
+                    let qi = _mm256_set1_ps(*q.get_unchecked(h * hd + i));
+                    s[j] = _mm256_fmadd_ps(k, qi, s[j]);
+                }
             }
         }
     }
-    _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]))
+    std::array::from_fn(|h| {
+        let s = &s[h];
+        _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]))
+    })
 }
 
 /// `f32` rounded to `f16` and back, as storing and reloading an `f16` accumulator rounds it.
@@ -339,13 +383,59 @@ fn round_f16(x: __m256) -> __m256 {
     _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
 }
 
-/// The heads' `f16` accumulators over a run of value rows (`f16ops::mad_f16_span`), one head
-/// and 64 columns at a time; the same roundings, the same bits as the portable loop.
+/// Columns of each head that [`heads_span`] keeps in registers (4 vectors of 8): with up to
+/// [`SPAN_G`] heads, 12 accumulators and the 4 converted row vectors they share.
+const SPAN_COLS: usize = 32;
+/// Most heads [`heads_span`] takes in one pass.
+const SPAN_G: usize = 3;
+
+/// The heads' `f16` accumulators over a run of value rows (`f16ops::mad_f16_span`), up to
+/// [`SPAN_G`] heads and [`SPAN_COLS`] columns at a time, so that each value row is converted
+/// once for all of them; the same roundings, the same bits as the portable loop.
 ///
 /// # Safety
 /// AVX2/FMA/F16C; the lengths `f16ops::mad_f16_span` checks.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn mad_f16_span(y: &mut [f16], hd: usize, run: &ValueRun) {
+    let g = y.len() / hd;
+    let mut h0 = 0;
+    while h0 < g {
+        let left = (g - h0).min(SPAN_G);
+        macro_rules! span {
+            ($g:literal) => {
+                if hd.is_multiple_of(SPAN_COLS) {
+                    heads_span::<$g, true>(y, hd, h0, run)
+                } else {
+                    heads_span::<$g, false>(y, hd, h0, run)
+                }
+            };
+        }
+        // SAFETY: heads `h0..h0 + G` of `y`, their weights, and the rows (the caller's lengths).
+        unsafe {
+            match left {
+                1 => span!(1),
+                2 => span!(2),
+                _ => span!(3),
+            }
+        }
+        h0 += left;
+    }
+}
+
+/// Heads `h0..h0 + G` of [`mad_f16_span`]; `FULL`: the head size is a multiple of
+/// [`SPAN_COLS`], so every 8-column group is whole.
+///
+/// # Safety
+/// As [`mad_f16_span`], with `h0 + G` heads in `y`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn heads_span<const G: usize, const FULL: bool>(
+    y: &mut [f16],
+    hd: usize,
+    h0: usize,
+    run: &ValueRun,
+) {
+    const C: usize = SPAN_COLS / 8;
     let ValueRun {
         rows,
         stride,
@@ -355,43 +445,55 @@ pub unsafe fn mad_f16_span(y: &mut [f16], hd: usize, run: &ValueRun) {
         n,
     } = *run;
     let one = _mm256_set1_ps(1.0);
-    for h in 0..y.len() / hd {
-        for i0 in (0..hd).step_by(64) {
-            let ks: [usize; 8] = std::array::from_fn(|c| hd.saturating_sub(i0 + 8 * c).min(8));
-            // SAFETY: `ks[c]` halves at `i0 + 8 c` of head `h` of `y` and of every row, and
-            // weights `h * wstride + p` for `p < n` (the caller's lengths).
-            unsafe {
-                let yh = y.as_mut_ptr().add(h * hd + i0);
-                let mut acc: [__m256; 8] = std::array::from_fn(|c| match ks[c] {
+    for i0 in (0..hd).step_by(SPAN_COLS) {
+        let ks: [usize; C] = if FULL {
+            [8; C]
+        } else {
+            std::array::from_fn(|c| hd.saturating_sub(i0 + 8 * c).min(8))
+        };
+        // SAFETY: `ks[c]` halves at `i0 + 8 c` of each head of `y` and of every row, and
+        // weights `(h0 + h) * wstride + p` for `p < n` (the caller's lengths).
+        unsafe {
+            let yh = |h: usize| y.as_ptr().add((h0 + h) * hd + i0);
+            let mut acc: [[__m256; C]; G] = std::array::from_fn(|h| {
+                std::array::from_fn(|c| match ks[c] {
                     0 => _mm256_setzero_ps(),
-                    k => load8(yh.add(8 * c), k),
+                    k => load8(yh(h).add(8 * c), k),
+                })
+            });
+            for p in 0..n {
+                let row = rows.as_ptr().add(p * stride + i0);
+                let v: [__m256; C] = std::array::from_fn(|c| match ks[c] {
+                    0 => _mm256_setzero_ps(),
+                    k => load8(row.add(8 * c), k),
                 });
-                for p in 0..n {
-                    let row = rows.as_ptr().add(p * stride + i0);
-                    let at = h * wstride + p;
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let at = (h0 + h) * wstride + p;
                     let e = *w.get_unchecked(at);
                     let vs = if *raise.get_unchecked(at) {
                         // The maximum rose: rescale (`ggml_vec_scale_f16`), then add the row
                         // once.
                         let ev = _mm256_set1_ps(e);
-                        acc = acc.map(|a| round_f16(_mm256_mul_ps(a, ev)));
+                        *acc = acc.map(|a| round_f16(_mm256_mul_ps(a, ev)));
                         one
                     } else {
                         _mm256_set1_ps(e)
                     };
-                    for c in 0..8 {
+                    for c in 0..C {
                         if ks[c] > 0 {
-                            let v = load8(row.add(8 * c), ks[c]);
-                            acc[c] = round_f16(_mm256_fmadd_ps(v, vs, acc[c]));
+                            acc[c] = round_f16(_mm256_fmadd_ps(v[c], vs, acc[c]));
                         }
                     }
                 }
-                for c in 0..8 {
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                for c in 0..C {
                     if ks[c] > 0 {
                         let r = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(acc[c]);
                         let mut b = [0u16; 8];
                         _mm_storeu_si128(b.as_mut_ptr().cast(), r);
-                        std::ptr::copy_nonoverlapping(b.as_ptr(), yh.add(8 * c).cast(), ks[c]);
+                        let dst = y.as_mut_ptr().add((h0 + h) * hd + i0 + 8 * c);
+                        std::ptr::copy_nonoverlapping(b.as_ptr(), dst.cast(), ks[c]);
                     }
                 }
             }
