@@ -1,15 +1,17 @@
-//! Criterion benchmarks of the one-row attention kernels over the `f16` KV cache, on data in
-//! cache: the scores of a group of query heads against one block of transposed keys
-//! (`f16ops::scores_tree`, llama.cpp's dot-product order) and the `f16` value accumulation
-//! over a block of value rows (`f16ops::mad_f16_span`). Throughput in (position, head) pairs
-//! per second; SmolLM2's shapes (head size 64, 3 query heads per KV head, 32-position blocks as in the cache).
+//! Criterion benchmarks of the attention kernels over the `f16` KV cache, on data in cache.
+//! The one-row kernels (decode's): the scores of a group of query heads against one block of
+//! transposed keys (`f16ops::scores_tree`, llama.cpp's dot-product order) and the `f16` value
+//! accumulation over a block of value rows (`f16ops::mad_f16_span`). The tiled kernels
+//! (prefill's): `f16ops::scores` and the `f32` value accumulation `f16ops::accumulate`.
+//! Throughput in (position, head) pairs per second; SmolLM2's shapes (head size 64, 3 query
+//! heads per KV head, 32-position blocks as in the cache) and Qwen2.5-0.5B's group of 7.
 //!
 //! `cargo bench --bench attention`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
 use std::hint::black_box;
-use ward::engine::kernels::f16ops::{ValueRun, mad_f16_span, scores_tree};
+use ward::engine::kernels::f16ops::{ValueRun, accumulate, mad_f16_span, scores, scores_tree};
 
 const HD: usize = 64;
 const G: usize = 3;
@@ -72,6 +74,33 @@ fn bench(c: &mut Criterion) {
             black_box(&y);
         })
     });
+    for heads in [G, 7] {
+        g.throughput(Throughput::Elements((heads * BLOCK) as u64));
+        let q = noise(heads * HD, 5);
+        let mut out = vec![0f32; heads * BLOCK];
+        g.bench_function(format!("scores/64x{heads}/32"), |b| {
+            b.iter(|| {
+                scores(
+                    black_box(&kt),
+                    BLOCK,
+                    BLOCK,
+                    black_box(&q),
+                    HD,
+                    0.125,
+                    &mut out,
+                );
+                black_box(&out);
+            })
+        });
+        let w = noise(heads * BLOCK, 6);
+        let mut acc = vec![0f32; heads * HD];
+        g.bench_function(format!("accumulate/64x{heads}/32"), |b| {
+            b.iter(|| {
+                accumulate(black_box(&rows), HD, BLOCK, black_box(&w), HD, &mut acc);
+                black_box(&acc);
+            })
+        });
+    }
     g.finish();
 }
 

@@ -257,6 +257,13 @@ pub fn accumulate(rows: &[f16], stride: usize, n: usize, w: &[f32], hd: usize, a
         Path::Avx2 => return unsafe { avx2::accumulate(rows, stride, n, w, hd, acc) },
         Path::Portable => {}
     }
+    accumulate_scalar(rows, stride, n, w, hd, acc)
+}
+
+/// The portable [`accumulate`] (the SIMD paths give its very bits: the same fused
+/// multiply-add per position, in position order).
+fn accumulate_scalar(rows: &[f16], stride: usize, n: usize, w: &[f32], hd: usize, acc: &mut [f32]) {
+    let g = acc.len() / hd;
     for p in 0..n {
         let v = &rows[p * stride..p * stride + hd];
         for h in 0..g {
@@ -385,6 +392,12 @@ mod tests {
             let mut acc = data(g * hd, 4);
             let start = acc.clone();
             accumulate(&rows, g * hd, n, &w, hd, &mut acc);
+            let mut exact = start.clone();
+            accumulate_scalar(&rows, g * hd, n, &w, hd, &mut exact);
+            assert_eq!(
+                acc, exact,
+                "accumulate {hd} {g} {n}: the portable loop's bits"
+            );
             for h in 0..g {
                 for i in 0..hd {
                     let want = start[h * hd + i] as f64
