@@ -8,7 +8,8 @@
 //!
 //! `cargo bench --bench attention`.
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
 use std::hint::black_box;
 use ward::engine::kernels::f16ops::{ValueRun, accumulate, mad_f16_span, scores, scores_tree};
@@ -33,6 +34,28 @@ fn halves(x: &[f32]) -> Vec<f16> {
     x.iter().map(|&v| f16::from_f32(v)).collect()
 }
 
+/// The signature `f16ops::scores` and `f16ops::scores_tree` share.
+type ScoresFn = fn(&[f16], usize, usize, &[f32], usize, f32, &mut [f32]);
+
+/// Benchmarks one scores kernel over a block of `BLOCK` positions for the heads in `q`.
+fn bench_scores(g: &mut BenchmarkGroup<WallTime>, name: &str, f: ScoresFn, kt: &[f16], q: &[f32]) {
+    let mut out = vec![0f32; q.len() / HD * BLOCK];
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            f(
+                black_box(kt),
+                BLOCK,
+                BLOCK,
+                black_box(q),
+                HD,
+                0.125,
+                &mut out,
+            );
+            black_box(&out);
+        })
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("attention");
     g.throughput(Throughput::Elements((G * BLOCK) as u64));
@@ -41,21 +64,7 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|h| h.to_f32())
         .collect();
-    let mut out = vec![0f32; G * BLOCK];
-    g.bench_function("scores_tree/64x3/32", |b| {
-        b.iter(|| {
-            scores_tree(
-                black_box(&kt),
-                BLOCK,
-                BLOCK,
-                black_box(&q),
-                HD,
-                0.125,
-                &mut out,
-            );
-            black_box(&out);
-        })
-    });
+    bench_scores(&mut g, "scores_tree/64x3/32", scores_tree, &kt, &q);
     let rows = halves(&noise(BLOCK * HD, 3));
     let w: Vec<f32> = noise(G * BLOCK, 4).iter().map(|v| v + 0.5).collect();
     let raise = vec![false; G * BLOCK];
@@ -77,21 +86,7 @@ fn bench(c: &mut Criterion) {
     for heads in [G, 7] {
         g.throughput(Throughput::Elements((heads * BLOCK) as u64));
         let q = noise(heads * HD, 5);
-        let mut out = vec![0f32; heads * BLOCK];
-        g.bench_function(format!("scores/64x{heads}/32"), |b| {
-            b.iter(|| {
-                scores(
-                    black_box(&kt),
-                    BLOCK,
-                    BLOCK,
-                    black_box(&q),
-                    HD,
-                    0.125,
-                    &mut out,
-                );
-                black_box(&out);
-            })
-        });
+        bench_scores(&mut g, &format!("scores/64x{heads}/32"), scores, &kt, &q);
         let w = noise(heads * BLOCK, 6);
         let mut acc = vec![0f32; heads * HD];
         g.bench_function(format!("accumulate/64x{heads}/32"), |b| {
