@@ -389,9 +389,12 @@ fn round_f16(x: __m256) -> __m256 {
 }
 
 /// Columns of each head that [`heads_span`] keeps in registers (4 vectors of 8): with up to
-/// [`SPAN_G`] heads, 12 accumulators and the 4 converted row vectors they share.
+/// [`SPAN_G`] heads, 12 accumulators and the 4 converted row vectors they share, a spill or
+/// two beyond the 16 registers.
 const SPAN_COLS: usize = 32;
-/// Most heads [`heads_span`] takes in one pass.
+/// Most heads [`heads_span`] takes in one pass. Each accumulator is a chain of a multiply-add
+/// and two conversions (the `f16` rounding) per row, so more chains in flight pay for the
+/// spills: two heads a pass measured slower than three (`mad_f16_span/64x3/32`).
 const SPAN_G: usize = 3;
 
 /// The heads' `f16` accumulators over a run of value rows (`f16ops::mad_f16_span`), up to
