@@ -8,8 +8,8 @@
 //! lanes, one per 4-value group, that fill the 16 registers for one token and one half (rows
 //! 0-7 or 8-15): a batch's pass is one token and one half; a lone token takes both halves in
 //! one pass, so that its weights stream once. `WARD_NUMERICS=fast` sums a block in integers
-//! and scales it once, up to four tokens a pass. `Q4_K` / `Q5_K` tiles go to `avx2_packed_k.rs`, `Q6_K` ones to
-//! `avx2_packed_q6.rs`.
+//! and scales it once, up to four tokens a pass. `Q4_K` / `Q5_K` tiles go to
+//! `avx2_packed_k.rs`, `Q6_K` ones to `avx2_packed_q6.rs`.
 
 use super::super::blocks::BlockQ8s;
 use super::super::isa::{self, Numerics, numerics};

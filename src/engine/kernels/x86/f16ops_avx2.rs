@@ -243,6 +243,8 @@ pub unsafe fn accumulate(
 /// Most heads [`tree_heads`] takes in one pass: their `4 · TREE_G` lane accumulators and the
 /// key vector fill the 16 registers.
 const TREE_G: usize = 3;
+// The dispatches in `scores_tree` and `mad_f16_span` take one to three heads a pass.
+const _: () = assert!(TREE_G == 3 && SPAN_G == 3);
 
 /// # Safety
 /// AVX2/FMA/F16C; the lengths `f16ops::scores_tree` checks; `hd` a multiple of 64.
