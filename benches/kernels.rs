@@ -9,6 +9,7 @@
 //! count, `WARD_BENCH_MB` the decode working set (default 256 MiB).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use std::cell::OnceCell;
 use std::hint::black_box;
 use ward::engine::kernels::{GgmlDType, PackedMatrix, QMatrix, matmul, matmul_packed};
 
@@ -83,12 +84,26 @@ fn bench(c: &mut Criterion) {
         for &(rows, cols) in shapes {
             let bytes = rows * cols / dtype.block_size() * layout(dtype).0;
             let copies = ((mb << 20) / bytes).max(1);
-            let data = weights(dtype, rows, cols, copies);
-            let mats: Vec<QMatrix> = data
-                .chunks_exact(bytes)
-                .map(|d| QMatrix::new(dtype, rows, cols, d).unwrap())
-                .collect();
-            let packed: Vec<PackedMatrix> = mats.iter().filter_map(PackedMatrix::new).collect();
+            // Built on first use, so that a filtered run makes only the data it reads.
+            let (data, mats, packed) = (OnceCell::new(), OnceCell::new(), OnceCell::new());
+            let mats = || {
+                mats.get_or_init(|| {
+                    let data = data.get_or_init(|| weights(dtype, rows, cols, copies));
+                    data.chunks_exact(bytes)
+                        .map(|d| QMatrix::new(dtype, rows, cols, d).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            };
+            let packed = || {
+                packed.get_or_init(|| {
+                    mats()
+                        .iter()
+                        .filter_map(PackedMatrix::new)
+                        .collect::<Vec<_>>()
+                })
+            };
+            let one = vec![0u8; bytes / rows * 16];
+            let packs = PackedMatrix::new(&QMatrix::new(dtype, 16, cols, &one).unwrap()).is_some();
             for n in [1usize, 8, 64, 512] {
                 let x: Vec<f32> = (0..n * cols)
                     .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
@@ -101,16 +116,18 @@ fn bench(c: &mut Criterion) {
                 });
                 let mut i = 0;
                 group.bench_function(BenchmarkId::new(format!("{rows}x{cols}"), n), |b| {
+                    let mats = mats();
                     b.iter(|| {
                         i = (i + 1) % mats.len();
                         matmul(&mats[i], black_box(&x), n, &mut out);
                         black_box(&out);
                     })
                 });
-                if packed.is_empty() {
+                if !packs {
                     continue;
                 }
                 group.bench_function(BenchmarkId::new(format!("{rows}x{cols}/packed"), n), |b| {
+                    let packed = packed();
                     b.iter(|| {
                         i = (i + 1) % packed.len();
                         matmul_packed(&packed[i], black_box(&x), n, &mut out);
