@@ -23,8 +23,7 @@ cd "$(git rev-parse --show-toplevel)"
 
 model="${1:-smollm2-135m-instruct}"
 tree=$(git ls-files -co --exclude-standard -z | du -cb --files0-from=- | tail -n 1 | cut -f1)
-part=$(( ${PART_MIB:+PART_MIB << 20} ))
-(( part > 0 )) || part=$(( (63 << 20) - tree ))
+if [ -n "${PART_MIB:-}" ]; then part=$((PART_MIB << 20)); else part=$(( (63 << 20) - tree )); fi
 home="${WARD_HOME:-$HOME/.cache/ward}"
 gguf="$home/models/$model.gguf"
 [ -f "$gguf" ] || { echo "no $gguf: run 'ward pull $model' first" >&2; exit 1; }
@@ -68,7 +67,6 @@ done
 {
   echo "model=$model"
   echo "model_sha256=$(sha256sum "$gguf" | cut -d' ' -f1)"
-  echo "folders=$n"
   echo "files=\"${files[*]}\""
   echo "commit=$(git rev-parse --short HEAD)"
 } >.gpu/1/manifest

@@ -43,15 +43,18 @@ Which MITRE ATT&CK technique is PowerShell with an encoded command?<|im_end|>
 <|im_start|>assistant
 '
 
+to_json() { # NAME SECONDS COMMAND...: COMMAND's output into $out/NAME.json, shown too
+  local file="$out/$1.json" secs=$2; shift 2
+  timeout "$secs" "$@" >"$file"
+  local r=$?; cat "$file"; return $r
+}
 bench() { # DEVICE
-  WARD_DEVICE=$1 timeout 120 "$run/ward" bench --engine -m "$gguf" -p 512 -n 128 -r 3 \
-    --parallel 8 --json >"$out/bench-$1.json"
-  local r=$?; cat "$out/bench-$1.json"; return $r
+  WARD_DEVICE=$1 to_json "bench-$1" 120 "$run/ward" bench --engine -m "$gguf" -p 512 -n 128 \
+    -r 3 --parallel 8 --json
 }
 greedy() { # DEVICE
-  WARD_DEVICE=$1 timeout 45 "$run/ward" generate -m "$gguf" --max-tokens 48 --json \
-    -p "$prompt" >"$out/greedy-$1.json"
-  local r=$?; cat "$out/greedy-$1.json"; return $r
+  WARD_DEVICE=$1 to_json "greedy-$1" 45 "$run/ward" generate -m "$gguf" --max-tokens 48 --json \
+    -p "$prompt"
 }
 
 compare_greedy() { # whether both devices chose the same tokens
