@@ -168,7 +168,11 @@ fn batched_sequences_match_separate_runs() {
     }
     let out = m.forward(&batch, &mut pool, &mut seqs).unwrap();
     let (ob, oa) = out.split_at(VOCAB);
-    let close = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(p, q)| (p - q).abs() < 1e-3);
+    // By default a pass of one sequence follows llama.cpp's orders (the one-row attention
+    // kernel with its `f16` accumulator) and a pass of several ward's (the tiled kernel, `f32`;
+    // `kernels::numerics_for`): the two agree to `f16` precision (logits here are at most
+    // ~0.5; measured 2e-3 apart).
+    let close = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(p, q)| (p - q).abs() < 5e-3);
     assert!(
         close(oa, &la) && close(ob, &lb),
         "batched logits differ from separate runs"

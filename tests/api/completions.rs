@@ -251,7 +251,10 @@ async fn echo_scores_the_prompt() {
 async fn scoring_long_prompts_agrees_with_greedy_generation() {
     // A prompt scored in several chunks: at each checked position, the best alternative that
     // scoring reports is the token greedy generation picks there, with the same logprob.
-    let app = shared();
+    // Its own app: on the shared one, other tests' requests would batch with these, and a
+    // step of several sequences sums the 32-wide products in ward's order, not llama.cpp's
+    // (`kernels::numerics_for`), which on SmolLM2 moves a log-probability by up to ~0.3 nat.
+    let app = app_with(test_config(), &[]);
     let text = "Incident report: at 02:14 the IDS flagged outbound traffic from the build server to an unknown host. ".repeat(8);
     let ids = tokens_of(&app, &text).await;
     assert!(ids.len() > 140, "{}", ids.len());

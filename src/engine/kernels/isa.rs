@@ -37,24 +37,49 @@ pub fn get() -> Isa {
     })
 }
 
-/// Which summation order the packed 32-wide kernels follow.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // The x86 kernels' choices.
+/// Which summation order the packed 32-wide kernels follow in one product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Numerics {
-    /// llama.cpp's, to the bit on AVX-512 (the default; see BENCHMARKS.md, "Parity").
+    /// llama.cpp's, to the bit on AVX-512 (see BENCHMARKS.md, "Parity").
     Reference,
-    /// ward's own: about twice the prefill and batched-decode speed of the 32-wide formats.
+    /// ward's own: each block's sum in integers, scaled once; about half the arithmetic, so
+    /// about twice the prefill and batched-decode speed of the 32-wide formats.
     Fast,
 }
 
-/// The order chosen for this process: `WARD_NUMERICS=fast`, else [`Numerics::Reference`].
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // The x86 kernels' choices.
-pub fn numerics() -> Numerics {
-    static N: OnceLock<Numerics> = OnceLock::new();
-    *N.get_or_init(|| match std::env::var("WARD_NUMERICS").as_deref() {
-        Ok("fast") => Numerics::Fast,
-        _ => Numerics::Reference,
+/// When each order applies (`WARD_NUMERICS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Policy {
+    /// `reference`: llama.cpp's everywhere, so that a sequence's bits do not depend on what
+    /// else runs beside it (for the 32-wide formats).
+    Reference,
+    /// `fast`: ward's everywhere.
+    Fast,
+    /// The default: llama.cpp's for a pass over one sequence (a prompt, a lone stream's
+    /// decode), ward's for a pass over several (a continuous batch's step).
+    Batched,
+}
+
+fn policy() -> Policy {
+    static P: OnceLock<Policy> = OnceLock::new();
+    *P.get_or_init(|| match std::env::var("WARD_NUMERICS").as_deref() {
+        Ok("fast") => Policy::Fast,
+        Ok("reference") => Policy::Reference,
+        _ => Policy::Batched,
     })
+}
+
+/// The order of a forward pass over tokens of `sequences` sequences. By default a pass of one
+/// sequence keeps llama.cpp's bits (the greedy references of `shared/reference/` are single
+/// sequences), and a step of several takes ward's order: there every token's products are
+/// arithmetic the step pays in full (8 streams: 8 tokens a weight read), and ward's order
+/// does half of it. A step's order changes a stream's results only in the last bits, as
+/// llama.cpp's own batched kernels (`Q4_K`, `Q6_K`, the tiled attention) do.
+pub fn numerics_for(sequences: usize) -> Numerics {
+    match (policy(), sequences > 1) {
+        (Policy::Fast, _) | (Policy::Batched, true) => Numerics::Fast,
+        (Policy::Reference, _) | (Policy::Batched, false) => Numerics::Reference,
+    }
 }
 
 /// Whether a batch's passes over a 4-bit packed tile share the weight vectors the first pass

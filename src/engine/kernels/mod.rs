@@ -16,8 +16,9 @@
 //!
 //! Tuning knobs: [`set_threads`] (else `WARD_THREADS`, else all CPUs),
 //! `WARD_ISA=scalar|neon|avx2` to force a slower path, `WARD_PREFETCH` (bytes ahead when
-//! streaming decode weights), `WARD_NUMERICS=fast` (the packed 32-wide kernels in ward's own summation order instead of
-//! llama.cpp's, see `isa::Numerics`).
+//! streaming decode weights), `WARD_NUMERICS=reference|fast` (which passes take the packed
+//! 32-wide kernels in ward's own summation order instead of llama.cpp's, see
+//! [`numerics_for`]).
 
 /// Wraps a kernel `$f::<T, $c...>(dtype, w, a, arow, out)`, generic over up to four tokens at
 /// a time (and any further const parameters `$c`), into an [`isa::DotFn`] for format `$dt`,
@@ -66,7 +67,7 @@ mod tests;
 mod x86;
 
 pub use candle_core::quantized::GgmlDType;
-pub use isa::Isa;
+pub use isa::{Isa, Numerics, numerics_for};
 pub use packed::PackedMatrix;
 pub use packed_matmul::{matmul_packed, matmul_packed_many};
 pub use pool::{set_threads, threads};

@@ -3,24 +3,33 @@
 //! (the matrices of one call sharing one quantization of the activations).
 
 use super::blocks::{BlockQ8K, BlockQ8s, f16_le};
-use super::isa::{self, Act, Isa};
+use super::isa::{self, Act, Isa, Numerics};
 use super::packed::{Layout, PackedMatrix, R, value};
 use super::packed_k;
 use super::{SyncPtr, has_min, pool, with_activations};
 
+/// The summation orders of one tile kernel call.
+#[derive(Clone, Copy, Debug)]
+pub struct Sums {
+    /// How many of the leading tokens take llama.cpp's multi-row order for `Q4_K` and `Q6_K`
+    /// (whose kernels for batches sum in another order than its one-row kernels); other
+    /// formats ignore it.
+    pub gemm: usize,
+    /// The 32-wide formats' order (the K-quants have only llama.cpp's).
+    pub order: Numerics,
+}
+
 /// One row tile × `out.len()` tokens (1 to [`isa::MAX_TOKENS`]): `out[t][r] = W[16 tile + r] ·
-/// a[t]`, with `a` holding [`BlockQ8s`] (32-wide formats) or [`BlockQ8K`] rows `arow` apart.
-/// `gemm`: how many of the leading tokens take llama.cpp's multi-row order for `Q4_K` and
-/// `Q6_K` (whose kernels for batches sum in another order than its one-row kernels); other
-/// formats ignore it. `next`, unless 0: this is the tile's only call (a decode-sized batch),
-/// so the kernel streams the weights from memory, fetching the tile `next` bytes from this one
-/// (the one its thread takes next) while it reads this one.
+/// a[t]`, with `a` holding [`BlockQ8s`] (32-wide formats) or [`BlockQ8K`] rows `arow` apart,
+/// summed as `sums` says. `next`, unless 0: this is the tile's only call (a decode-sized
+/// batch), so the kernel streams the weights from memory, fetching the tile `next` bytes from
+/// this one (the one its thread takes next) while it reads this one.
 pub type TileFn = unsafe fn(
     lay: &Layout,
     tile: &[u8],
     a: &[u8],
     arow: usize,
-    gemm: usize,
+    sums: Sums,
     next: isize,
     out: &mut [[f32; R]],
 );
@@ -31,7 +40,7 @@ fn tile_scalar(
     tile: &[u8],
     a: &[u8],
     arow: usize,
-    _gemm: usize,
+    _sums: Sums,
     _next: isize,
     out: &mut [[f32; R]],
 ) {
@@ -88,22 +97,37 @@ fn tile_kernel(isa: Isa, lay: &Layout) -> TileFn {
     tile_scalar
 }
 
-/// `out[t * rows + r] = dot(W[r], x[t * cols ..])` for `t` in `0..n`, on packed weights.
+/// `out[t * rows + r] = dot(W[r], x[t * cols ..])` for `t` in `0..n`, on packed weights, in
+/// the order of a pass over one sequence ([`isa::numerics_for`]).
 pub fn matmul_packed(w: &PackedMatrix, x: &[f32], n: usize, out: &mut [f32]) {
-    matmul_packed_isa(w, x, n, out, isa::get());
+    matmul_packed_isa(w, x, n, out, isa::get(), isa::numerics_for(1));
 }
 
-/// [`matmul_packed`] on a chosen instruction-set path.
-pub(crate) fn matmul_packed_isa(w: &PackedMatrix, x: &[f32], n: usize, out: &mut [f32], isa: Isa) {
-    matmul_packed_many_isa(&[w], x, n, &mut [out], isa);
+/// [`matmul_packed`] on a chosen instruction-set path, in a chosen order.
+pub(crate) fn matmul_packed_isa(
+    w: &PackedMatrix,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+    isa: Isa,
+    order: Numerics,
+) {
+    matmul_packed_many_isa(&[w], x, n, &mut [out], isa, order);
 }
 
 /// [`matmul_packed`] of several matrices over the same activations (a layer's query, key and
 /// value projections; its gate and up projections): the activations are quantized once and
 /// every matrix's tiles go to the threads in one dispatch, so that a decode step waits at one
-/// barrier instead of three. Each output is the same as [`matmul_packed`]'s, bit for bit.
-pub fn matmul_packed_many(ws: &[&PackedMatrix], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
-    matmul_packed_many_isa(ws, x, n, outs, isa::get());
+/// barrier instead of three. Each output is the same as one matrix's product in `order`, bit
+/// for bit.
+pub fn matmul_packed_many(
+    ws: &[&PackedMatrix],
+    x: &[f32],
+    n: usize,
+    outs: &mut [&mut [f32]],
+    order: Numerics,
+) {
+    matmul_packed_many_isa(ws, x, n, outs, isa::get(), order);
 }
 
 /// What the activation blocks of a matrix look like: matrices share them only when equal.
@@ -203,6 +227,7 @@ pub(crate) fn matmul_packed_many_isa(
     n: usize,
     outs: &mut [&mut [f32]],
     isa: Isa,
+    order: Numerics,
 ) {
     assert_eq!(
         ws.len(),
@@ -214,13 +239,13 @@ pub(crate) fn matmul_packed_many_isa(
     }
     if ws.len() > MAX_PLANS {
         for (ws, outs) in ws.chunks(MAX_PLANS).zip(outs.chunks_mut(MAX_PLANS)) {
-            matmul_packed_many_isa(ws, x, n, outs, isa);
+            matmul_packed_many_isa(ws, x, n, outs, isa, order);
         }
         return;
     }
     if ws.iter().any(|w| act_key(w) != act_key(ws[0])) {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
-            matmul_packed_many_isa(&[w], x, n, &mut [out], isa);
+            matmul_packed_many_isa(&[w], x, n, &mut [out], isa, order);
         }
         return;
     }
@@ -258,10 +283,14 @@ pub(crate) fn matmul_packed_many_isa(
     }
     with_activations(act, has_min(ws[0].dtype), x, cols, |act, arow| {
         if !lay0.kquant && !lay0.min {
-            // Each lane of an offset format's sum starts from `-offset · Σ` of its activations.
+            // Each lane of an offset format's sum starts from `-offset · Σ` of its activations;
+            // in ward's order the AVX-512 kernel starts a block's whole sum from `c4[0]`.
             let off = lay0.offset as i32;
             for b in super::blocks::cast_mut::<BlockQ8s>(act) {
-                b.c4.iter_mut().for_each(|c| *c *= -off);
+                match order {
+                    Numerics::Reference => b.c4.iter_mut().for_each(|c| *c *= -off),
+                    Numerics::Fast => b.c4[0] = -off * b.c4.iter().sum::<i32>(),
+                }
             }
         }
         let act = &*act;
@@ -300,8 +329,9 @@ pub(crate) fn matmul_packed_many_isa(
                         let k = (tokens.end - t0).min(isa::MAX_TOKENS);
                         let a = &act[t0 * arow..(t0 + k) * arow];
                         let gemm = p.multi.saturating_sub(t0).min(k);
+                        let sums = Sums { gemm, order };
                         // SAFETY: the kernel matches an ISA this CPU supports.
-                        unsafe { kernel(&p.lay, wt, a, arow, gemm, next, &mut v[..k]) };
+                        unsafe { kernel(&p.lay, wt, a, arow, sums, next, &mut v[..k]) };
                         let live = (rows - tile * R).min(R);
                         for (j, v) in v[..k].iter().enumerate() {
                             // SAFETY: each (t, row) of a matrix belongs to one claimed chunk;

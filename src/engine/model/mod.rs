@@ -63,6 +63,14 @@ impl Batch {
         self.tokens.is_empty()
     }
 
+    /// How many sequences bring tokens to the batch.
+    pub fn sequences(&self) -> usize {
+        let mut seen: Vec<usize> = self.seq.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len()
+    }
+
     /// Lowest and highest position of sequence `s` in this batch.
     pub fn span(&self, s: usize) -> Option<(usize, usize)> {
         let mut it = self

@@ -90,6 +90,17 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_counts_the_sequences_that_bring_tokens() {
+        assert_eq!(Batch::single(&[1; 5], 0).sequences(), 1);
+        let mut b = Batch::default();
+        for (t, s) in [(1, 3), (2, 0), (3, 3), (4, 7)] {
+            b.push(t, 0, s, true);
+        }
+        assert_eq!(b.sequences(), 3);
+        assert_eq!(Batch::default().sequences(), 0);
+    }
+
+    #[test]
     fn short_runs_are_never_split() {
         // Eight decode tokens, then a 40-token and a 300-token prefill.
         let mut b = Batch::default();

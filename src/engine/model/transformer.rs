@@ -7,7 +7,7 @@
 
 use crate::engine::error::Result;
 use crate::engine::gguf::GgufFile;
-use crate::engine::kernels::{self, ops};
+use crate::engine::kernels::{self, Numerics, ops};
 
 use super::attention;
 use super::config::{Activation, ModelConfig, rope_cos_sin};
@@ -33,9 +33,9 @@ impl Transformer {
         Ok(Self { file, cfg, w, pack })
     }
 
-    /// `out[t] = W x[t] + b` for the `n` rows of `x`.
-    fn linear(&self, l: &Linear, x: &[f32], n: usize, out: &mut Vec<f32>) {
-        self.linear_many([l], x, n, [out]);
+    /// `out[t] = W x[t] + b` for the `n` rows of `x`, the packed products in `order`.
+    fn linear(&self, l: &Linear, x: &[f32], n: usize, order: Numerics, out: &mut Vec<f32>) {
+        self.linear_many([l], x, n, order, [out]);
     }
 
     /// [`Self::linear`] for several matrices over the same input, in one dispatch of the
@@ -45,6 +45,7 @@ impl Transformer {
         ls: [&Linear; N],
         x: &[f32],
         n: usize,
+        order: Numerics,
         mut outs: [&mut Vec<f32>; N],
     ) {
         for (l, out) in ls.iter().zip(outs.iter_mut()) {
@@ -53,11 +54,12 @@ impl Transformer {
         let packed = ls.map(|l| self.packed(l));
         if packed.iter().all(Option::is_some) {
             let ws = packed.map(|p| p.expect("checked"));
-            kernels::matmul_packed_many(&ws, x, n, &mut outs.each_mut().map(|o| o.as_mut_slice()));
+            let mut outs = outs.each_mut().map(|o| o.as_mut_slice());
+            kernels::matmul_packed_many(&ws, x, n, &mut outs, order);
         } else {
             for ((l, p), out) in ls.iter().zip(packed).zip(outs.iter_mut()) {
                 match p {
-                    Some(p) => kernels::matmul_packed(p, x, n, out),
+                    Some(p) => kernels::matmul_packed_many(&[p], x, n, &mut [out], order),
                     None => kernels::matmul(&l.matrix(&self.file), x, n, out),
                 }
             }
@@ -148,6 +150,7 @@ impl Transformer {
         let cfg = &self.cfg;
         let n = batch.tokens.len();
         let (d, qd, kvd) = (cfg.dim, cfg.q_dim(), cfg.kv_dim());
+        let order = kernels::numerics_for(batch.sequences());
         for (s, seq) in seqs.iter_mut().enumerate() {
             if let Some((lo, hi)) = batch.span(s) {
                 pool.prepare(seq, lo, hi + 1)?;
@@ -179,7 +182,13 @@ impl Transformer {
 
         for (il, lw) in self.w.layers.iter().enumerate() {
             rms_rows(&x, &lw.attn_norm, cfg.rms_eps, &mut h);
-            self.linear_many([&lw.wq, &lw.wk, &lw.wv], &h, n, [&mut q, &mut k, &mut v]);
+            self.linear_many(
+                [&lw.wq, &lw.wk, &lw.wv],
+                &h,
+                n,
+                order,
+                [&mut q, &mut k, &mut v],
+            );
             if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
                 rms_rows_inplace(&mut q, qn, cfg.rms_eps);
                 rms_rows_inplace(&mut k, kn, cfg.rms_eps);
@@ -200,20 +209,20 @@ impl Transformer {
                     &v[t * kvd..(t + 1) * kvd],
                 );
             }
-            attention::attend(cfg, il, batch, &q, pool, seqs, &mut att);
-            self.linear(&lw.wo, &att, n, &mut o);
+            attention::attend(cfg, il, batch, &q, pool, seqs, order, &mut att);
+            self.linear(&lw.wo, &att, n, order, &mut o);
             if let Some(pn) = &lw.post_attn_norm {
                 rms_rows_inplace(&mut o, pn, cfg.rms_eps);
             }
             ops::add_inplace(&mut x, &o);
 
             rms_rows(&x, &lw.ffn_norm, cfg.rms_eps, &mut h);
-            self.linear_many([&lw.w_gate, &lw.w_up], &h, n, [&mut g, &mut u]);
+            self.linear_many([&lw.w_gate, &lw.w_up], &h, n, order, [&mut g, &mut u]);
             match cfg.activation {
                 Activation::Silu => ops::silu_mul(&mut g, &u),
                 Activation::GeluTanh => ops::gelu_tanh_mul(&mut g, &u),
             }
-            self.linear(&lw.w_down, &g, n, &mut o);
+            self.linear(&lw.w_down, &g, n, order, &mut o);
             if let Some(pn) = &lw.post_ffn_norm {
                 rms_rows_inplace(&mut o, pn, cfg.rms_eps);
             }
@@ -237,7 +246,7 @@ impl Transformer {
             );
         }
         let mut logits = Vec::new();
-        self.linear(&self.w.output, &xs, rows.len(), &mut logits);
+        self.linear(&self.w.output, &xs, rows.len(), order, &mut logits);
         if let Some(cap) = cfg.final_softcap {
             logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
         }

@@ -6,6 +6,9 @@ use candle_core::quantized::k_quants::{self as ck, GgmlType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// llama.cpp's summation order, which the bit-for-bit tests ask for.
+const REF: Numerics = Numerics::Reference;
+
 /// Random `f32`s, roughly normal, with an occasional outlier.
 fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n)
@@ -89,9 +92,13 @@ fn check(
         seed,
     );
     if let Some(p) = PackedMatrix::pack(&w) {
-        let run =
-            |x: &[f32], n, out: &mut [f32], is| packed_matmul::matmul_packed_isa(&p, x, n, out, is);
-        check_with(&run, shape, deq, seed);
+        // Both summation orders (the K-quants have only llama.cpp's).
+        for order in [REF, Numerics::Fast] {
+            let run = |x: &[f32], n, out: &mut [f32], is| {
+                packed_matmul::matmul_packed_isa(&p, x, n, out, is, order)
+            };
+            check_with(&run, shape, deq, seed);
+        }
         let mut row = vec![0f32; cols];
         for r in [0, rows / 2, rows - 1] {
             p.dequantize_row(r, &mut row);
@@ -239,7 +246,9 @@ fn check_extremes<T: GgmlType>(dtype: GgmlDType, cols: usize, f16_fields: &[usiz
             {
                 let mut got = vec![0f32; rows];
                 match (&p, packed) {
-                    (Some(p), true) => packed_matmul::matmul_packed_isa(p, &x, 1, &mut got, is),
+                    (Some(p), true) => {
+                        packed_matmul::matmul_packed_isa(p, &x, 1, &mut got, is, REF)
+                    }
                     (None, true) => continue,
                     _ => matmul_isa(&w, &x, 1, &mut got, is),
                 }
@@ -429,6 +438,18 @@ macro_rules! each_32_wide {
     };
 }
 
+/// Unless `WARD_NUMERICS` says otherwise, a pass of one sequence keeps llama.cpp's order (the
+/// greedy references are single sequences) and a step of several takes ward's.
+#[test]
+fn the_default_order_follows_the_pass() {
+    if std::env::var_os("WARD_NUMERICS").is_some() {
+        return;
+    }
+    assert_eq!(isa::numerics_for(1), Numerics::Reference);
+    assert_eq!(isa::numerics_for(2), Numerics::Fast);
+    assert_eq!(isa::numerics_for(8), Numerics::Fast);
+}
+
 /// In llama.cpp's order, a token's products do not depend on the batch it comes in: the
 /// 32-wide packed kernels give each of 8 tokens the bits it gets alone (the 5-bit formats,
 /// and the 4-bit ones either way `isa::unpack_4bit_once` chooses, through the weights that the
@@ -436,9 +457,6 @@ macro_rules! each_32_wide {
 /// changes none of their results, which are the same bits either way.
 #[test]
 fn packed_32_wide_batches_give_each_token_its_own_bits() {
-    if isa::numerics() != isa::Numerics::Reference {
-        return;
-    }
     let chosen = isa::unpack_4bit_once();
     for on in [false, true] {
         isa::set_unpack_4bit_once(on);
@@ -459,10 +477,17 @@ fn batches_give_each_token_its_own_bits() {
         let x = randn(&mut rng, n * cols);
         for k in [2, 3, 5, 8] {
             let mut all = vec![0f32; k * rows];
-            packed_matmul::matmul_packed(&p, &x[..k * cols], k, &mut all);
+            packed_matmul::matmul_packed_isa(&p, &x[..k * cols], k, &mut all, isa::get(), REF);
             for t in 0..k {
                 let mut alone = vec![0f32; rows];
-                packed_matmul::matmul_packed(&p, &x[t * cols..(t + 1) * cols], 1, &mut alone);
+                packed_matmul::matmul_packed_isa(
+                    &p,
+                    &x[t * cols..(t + 1) * cols],
+                    1,
+                    &mut alone,
+                    isa::get(),
+                    REF,
+                );
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
                     bits(&all[t * rows..(t + 1) * rows]),
@@ -482,7 +507,7 @@ fn batches_give_each_token_its_own_bits() {
 /// every format and batch size, the batches whose passes share the unpacked weights included.
 #[test]
 fn avx2_packed_kernels_give_the_row_kernels_bits() {
-    if !isa::available().contains(&Isa::Avx2) || isa::numerics() != isa::Numerics::Reference {
+    if !isa::available().contains(&Isa::Avx2) {
         return;
     }
     fn one<T: GgmlType>(dtype: GgmlDType) {
@@ -496,7 +521,7 @@ fn avx2_packed_kernels_give_the_row_kernels_bits() {
             let x = randn(&mut rng, n * cols);
             let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
             matmul_isa(&w, &x, n, &mut a, Isa::Avx2);
-            packed_matmul::matmul_packed_isa(&p, &x, n, &mut b, Isa::Avx2);
+            packed_matmul::matmul_packed_isa(&p, &x, n, &mut b, Isa::Avx2, REF);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&a), bits(&b), "{dtype:?} {n} tokens");
         }
@@ -536,8 +561,8 @@ fn high_bits_as_masks_or_bytes_give_the_same_products() {
             let x = randn(&mut rng, n * cols);
             for &is in &both {
                 let (mut a, mut c) = (vec![0f32; n * rows], vec![0f32; n * rows]);
-                packed_matmul::matmul_packed_isa(&m, &x, n, &mut a, is);
-                packed_matmul::matmul_packed_isa(&b, &x, n, &mut c, is);
+                packed_matmul::matmul_packed_isa(&m, &x, n, &mut a, is, REF);
+                packed_matmul::matmul_packed_isa(&b, &x, n, &mut c, is, REF);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&a), bits(&c), "{dtype:?} {is:?} {n} tokens");
             }

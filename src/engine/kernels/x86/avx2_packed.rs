@@ -4,16 +4,17 @@
 //! against a broadcast 4-byte activation group give the 4-value sums of 8 rows at once, with no
 //! horizontal sums.
 //!
-//! In llama.cpp's order (the default, [`Numerics::Reference`]) each row keeps eight `f32`
+//! In llama.cpp's order ([`Numerics::Reference`]) each row keeps eight `f32`
 //! lanes, one per 4-value group, that fill the 16 registers for one token and one half (rows
 //! 0-7 or 8-15): a batch's pass is one token and one half; a lone token takes both halves in
-//! one pass, so that its weights stream once. `WARD_NUMERICS=fast` sums a block in integers
-//! and scales it once, up to four tokens a pass. `Q4_K` / `Q5_K` tiles go to
+//! one pass, so that its weights stream once. Ward's order ([`Numerics::Fast`]) sums a block in
+//! integers and scales it once, up to four tokens a pass. `Q4_K` / `Q5_K` tiles go to
 //! `avx2_packed_k.rs`, `Q6_K` ones to `avx2_packed_q6.rs`.
 
 use super::super::blocks::BlockQ8s;
-use super::super::isa::{self, Numerics, numerics};
+use super::super::isa::{self, Numerics};
 use super::super::packed::{Layout, R};
+use super::super::packed_matmul::Sums;
 use super::avx2::bit16;
 use super::packed_fmt::{
     Ahead, DIRECT, FILL, Fmt, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, READ, XB, fmt_of, prefetch,
@@ -367,12 +368,12 @@ unsafe fn passes<const F: u8, const HB: bool>(
     a: &[u8],
     arow: usize,
     next: isize,
+    fast: bool,
     out: &mut [[f32; R]],
 ) {
     let n = out.len();
     let nb = Fmt::<F>::columns(lay, tile, a, arow, n);
     let later = isa::prefetch_in_later_passes();
-    let fast = numerics() == Numerics::Fast;
     let per = if fast { 4 } else { 1 };
     let passes = 2 * n.div_ceil(per);
     let p = tile.as_ptr();
@@ -458,10 +459,12 @@ pub unsafe fn tile(
     tile: &[u8],
     a: &[u8],
     arow: usize,
-    gemm: usize,
+    sums: Sums,
     next: isize,
     out: &mut [[f32; R]],
 ) {
+    let Sums { gemm, order } = sums;
+    let fast = order == Numerics::Fast;
     // SAFETY: same features.
     unsafe {
         if lay.q6 {
@@ -471,13 +474,13 @@ pub unsafe fn tile(
             return super::avx2_packed_k::tile(lay, tile, a, arow, gemm, next, out);
         }
         match (fmt_of(lay), lay.high_bytes) {
-            (Q4_0, _) => passes::<Q4_0, false>(lay, tile, a, arow, next, out),
-            (Q4_1, _) => passes::<Q4_1, false>(lay, tile, a, arow, next, out),
-            (Q5_0, false) => passes::<Q5_0, false>(lay, tile, a, arow, next, out),
-            (Q5_0, true) => passes::<Q5_0, true>(lay, tile, a, arow, next, out),
-            (Q5_1, false) => passes::<Q5_1, false>(lay, tile, a, arow, next, out),
-            (Q5_1, true) => passes::<Q5_1, true>(lay, tile, a, arow, next, out),
-            (Q8_0, _) => passes::<Q8_0, false>(lay, tile, a, arow, next, out),
+            (Q4_0, _) => passes::<Q4_0, false>(lay, tile, a, arow, next, fast, out),
+            (Q4_1, _) => passes::<Q4_1, false>(lay, tile, a, arow, next, fast, out),
+            (Q5_0, false) => passes::<Q5_0, false>(lay, tile, a, arow, next, fast, out),
+            (Q5_0, true) => passes::<Q5_0, true>(lay, tile, a, arow, next, fast, out),
+            (Q5_1, false) => passes::<Q5_1, false>(lay, tile, a, arow, next, fast, out),
+            (Q5_1, true) => passes::<Q5_1, true>(lay, tile, a, arow, next, fast, out),
+            (Q8_0, _) => passes::<Q8_0, false>(lay, tile, a, arow, next, fast, out),
             (f, _) => unreachable!("format {f}"),
         }
     }
