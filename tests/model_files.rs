@@ -277,3 +277,31 @@ fn long_prefill_in_pieces_matches_one_pass() {
     assert_eq!(cut.len(), 6 * VOCAB);
     assert_eq!(cut, whole, "prefill in pieces differs from one pass");
 }
+
+#[test]
+fn a_step_of_two_long_prompts_in_pieces_matches_one_pass() {
+    // Two prompts in one batch (a step of several sequences, which takes ward's order by
+    // default) cut into pieces that each hold only one of them: every piece keeps the whole
+    // batch's order, so the logits equal one pass over it to the last bit.
+    use ward::engine::model::Model;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tiny.gguf");
+    tiny_model_ctx(&p, "llama", None, 2048);
+    let file = ward::engine::gguf::GgufFile::open(&p).unwrap();
+    let m = model::Transformer::new(file).unwrap();
+    let run = |piece| {
+        let mut pool = m.new_pool(1024);
+        let mut seqs = [SeqKv::default(), SeqKv::default()];
+        let mut b = Batch::default();
+        for i in 0..300 {
+            b.push((i * 37 % VOCAB) as u32, i, 0, i == 299);
+        }
+        for i in 0..212 {
+            b.push((i * 11 % VOCAB) as u32, i, 1, i == 211);
+        }
+        assert!(b.pieces(128, 64).len() > 2, "the batch is cut into pieces");
+        m.forward_in_pieces(&b, &mut pool, &mut seqs, piece)
+            .unwrap()
+    };
+    assert_eq!(run(128), run(usize::MAX), "pieces differ from one pass");
+}

@@ -131,7 +131,9 @@ async fn chat_non_stream() {
 
 #[tokio::test]
 async fn chat_stream_with_usage() {
-    let app = shared();
+    // Its own app: the requests compared here must not batch with other tests' (a step of
+    // several sequences sums in ward's order, a lone sequence in llama.cpp's).
+    let app = app_with(test_config(), &[]);
     let body = chat(
         "Name three colours.",
         json!({"max_tokens": 12, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}),
@@ -231,7 +233,9 @@ async fn chat_n2_plain_and_streamed() {
 
 #[tokio::test]
 async fn seed_reproducibility() {
-    let app = shared();
+    // Its own app: the requests compared here must not batch with other tests' (a step of
+    // several sequences sums in ward's order, a lone sequence in llama.cpp's).
+    let app = app_with(test_config(), &[]);
     let ask = |seed: u64| {
         let app = app.clone();
         async move {

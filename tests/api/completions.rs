@@ -32,7 +32,9 @@ fn texts(v: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn prompt_shapes() {
-    let app = shared();
+    // Its own app: the requests compared here must not batch with other tests' (a step of
+    // several sequences sums in ward's order, a lone sequence in llama.cpp's).
+    let app = app_with(test_config(), &[]);
     let prompt = "The three primary colours are";
     let v = complete(
         &app,
@@ -70,8 +72,15 @@ async fn prompt_shapes() {
     .await;
     let got = texts(&v);
     assert_eq!(got.len(), 2, "{v}");
-    assert_eq!(got[0], text);
     assert_eq!(v["choices"][1]["index"], 1);
+    // The two prompts run as one step of two sequences, in either order: each choice follows
+    // its own prompt.
+    let swapped = complete(
+        &app,
+        json!({"prompt": [other, prompt], "max_tokens": 6, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(texts(&swapped), vec![got[1].clone(), got[0].clone()]);
     let ids2 = tokens_of(&app, other).await;
     assert_eq!(
         v["usage"]["prompt_tokens"].as_u64().unwrap(),
@@ -115,7 +124,9 @@ async fn default_max_tokens_is_openais() {
 
 #[tokio::test]
 async fn echo_scores_the_prompt() {
-    let app = shared();
+    // Its own app: the requests compared here must not batch with other tests' (a step of
+    // several sequences sums in ward's order, a lone sequence in llama.cpp's).
+    let app = app_with(test_config(), &[]);
     let prompt = "The capital of France is Paris.";
     let ids = tokens_of(&app, prompt).await;
     let v = complete(

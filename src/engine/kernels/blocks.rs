@@ -125,8 +125,9 @@ impl BlockQ8x2 {
 }
 
 /// Signed activations for the packed 32-wide kernels: `x ≈ d * qs`, `s = d * Σ qs`, and per
-/// 4-value group `c4[j] = Σ qs[4j..4j+4]`, which the packed kernels scale by the weights'
-/// offset in place (to take it off in integers, see `x86/avx512_packed.rs`).
+/// 4-value group `c4[j] = Σ qs[4j..4j+4]`, which `matmul_packed` turns in place into the
+/// weights' offset term (to take it off in integers, see `x86/avx512_packed.rs`): in
+/// llama.cpp's order each `c4[j]` times `-offset`, in ward's `c4[0]` the whole block's.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct BlockQ8s {

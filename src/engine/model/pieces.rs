@@ -8,6 +8,8 @@
 //! tiled kernel), and a sequence with tokens on both sides keeps at least `min_run` of them on
 //! each side (so its queries keep the attention kernel they had) with all earlier positions
 //! before the cut (so each piece finds the keys and values it attends to already written).
+//! Every piece runs in the whole batch's summation order (`Transformer::forward_in_pieces`),
+//! even one that holds a single sequence of a step of several.
 
 use std::collections::HashMap;
 use std::ops::Range;

@@ -131,26 +131,34 @@ impl Transformer {
         piece: usize,
     ) -> Result<Vec<f32>> {
         batch.check(seqs.len(), &self.cfg)?;
+        // The whole batch's order, which its pieces keep (a piece may hold one sequence of a
+        // step of several).
+        let order = kernels::numerics_for(batch.sequences());
         if batch.len() < piece.saturating_mul(2) {
-            return self.pass(batch, pool, seqs);
+            return self.pass(batch, pool, seqs, order);
         }
         let pieces = batch.pieces(piece, attention::TILE);
         if pieces.len() == 1 {
-            return self.pass(batch, pool, seqs);
+            return self.pass(batch, pool, seqs, order);
         }
         let mut logits = Vec::new();
         for r in pieces {
-            logits.extend(self.pass(&batch.slice(r), pool, seqs)?);
+            logits.extend(self.pass(&batch.slice(r), pool, seqs, order)?);
         }
         Ok(logits)
     }
 
-    /// One forward pass over the whole batch.
-    fn pass(&self, batch: &Batch, pool: &mut KvPool, seqs: &mut [SeqKv]) -> Result<Vec<f32>> {
+    /// One forward pass over the whole batch, its products and attention in `order`.
+    fn pass(
+        &self,
+        batch: &Batch,
+        pool: &mut KvPool,
+        seqs: &mut [SeqKv],
+        order: Numerics,
+    ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let n = batch.tokens.len();
         let (d, qd, kvd) = (cfg.dim, cfg.q_dim(), cfg.kv_dim());
-        let order = kernels::numerics_for(batch.sequences());
         for (s, seq) in seqs.iter_mut().enumerate() {
             if let Some((lo, hi)) = batch.span(s) {
                 pool.prepare(seq, lo, hi + 1)?;
