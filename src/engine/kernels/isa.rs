@@ -65,7 +65,14 @@ fn policy() -> Policy {
     *P.get_or_init(|| match std::env::var("WARD_NUMERICS").as_deref() {
         Ok("fast") => Policy::Fast,
         Ok("reference") => Policy::Reference,
-        _ => Policy::Batched,
+        Ok("") | Err(_) => Policy::Batched,
+        Ok(other) => {
+            tracing::warn!(
+                value = other,
+                "WARD_NUMERICS is `reference` or `fast`; using the default"
+            );
+            Policy::Batched
+        }
     })
 }
 
