@@ -277,8 +277,12 @@ unsafe fn halves_x<const F: u8, const HB: bool, const C: u8, const PF: bool, con
 }
 
 /// Rows `8h0..8h0+8H` of a tile (`H` halves from `h0`) against `T` tokens (`x`, `arow` bytes
-/// apart) in ward's own order (`WARD_NUMERICS=fast`): each block's 32-value sum in integers,
-/// scaled once, the minimum (or offset) term fused in. 4-bit pairs are at most `2 · 15 · 127`,
+/// apart) in ward's own order ([`Numerics::Fast`]): each block's 32-value sum in integers, the
+/// offset term of `Q4_0` / `Q5_0` added to it (`c4[0]`, as `matmul_packed` leaves it in this
+/// order), scaled once, and the minimum term of `Q4_1` / `Q5_1` fused in. (The offset in
+/// integers instead of a second fused multiply-add: `Q4_0/1536x576/packed/8` 92-100 -> 87-89
+/// us, `Q5_0` 131-147 -> 129-140 us, one thread, three alternated rounds, on an Emerald Rapids
+/// Xeon held to AVX2 with `WARD_ISA=avx2`.) 4-bit pairs are at most `2 · 15 · 127`,
 /// so eight of them add up in 16 bits; 5-bit ones four at a time; `Q8_0` ones go to 32 bits
 /// one by one. A lone token takes both halves (`H = 2`) in one pass, as in [`halves_x`].
 ///
@@ -305,11 +309,6 @@ unsafe fn halves_fast<const T: usize, const F: u8, const HB: bool, const H: usiz
                 let h = h0 + i;
                 let wv = values::<F, HB>(col, h);
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(col.add(16 * h).cast()));
-                let c = if Fmt::<F>::MIN {
-                    _mm256_cvtph_ps(_mm_loadu_si128(col.add(Fmt::<F>::M_AT + 16 * h).cast()))
-                } else {
-                    _mm256_mul_ps(dw, _mm256_set1_ps(-Fmt::<F>::OFFSET))
-                };
                 for (t, acc) in acc.iter_mut().enumerate() {
                     let x = &*x.add(t * arow + b * XB).cast::<BlockQ8s>();
                     // No closures here: they would not inherit the target features.
@@ -342,10 +341,17 @@ unsafe fn halves_fast<const T: usize, const F: u8, const HB: bool, const H: usiz
                             _mm256_madd_epi16(_mm256_add_epi16(lo, hi), ones)
                         }
                     };
+                    // `Q8_0`'s values are signed here: no offset to take off.
+                    let s = if Fmt::<F>::MIN || Fmt::<F>::Q8 {
+                        s
+                    } else {
+                        _mm256_add_epi32(s, _mm256_set1_epi32(x.c4[0]))
+                    };
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
                     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, *acc);
-                    if !Fmt::<F>::Q8 {
-                        // `Q8_0`'s values are signed here: no offset to take off.
+                    if Fmt::<F>::MIN {
+                        let m = Fmt::<F>::M_AT + 16 * h;
+                        let c = _mm256_cvtph_ps(_mm_loadu_si128(col.add(m).cast()));
                         *acc = _mm256_fmadd_ps(c, _mm256_set1_ps(x.s), *acc);
                     }
                 }
