@@ -80,8 +80,10 @@ fn policy() -> Policy {
 /// sequence keeps llama.cpp's bits (the greedy references of `shared/reference/` are single
 /// sequences), and a step of several takes ward's order: there every token's products are
 /// arithmetic the step pays in full (8 streams: 8 tokens a weight read), and ward's order
-/// does half of it. A step's order changes a stream's results only in the last bits, as
-/// llama.cpp's own batched kernels (`Q4_K`, `Q6_K`, the tiled attention) do.
+/// does half of it. The order changes each product in its last bits only (a chaotic model
+/// such as SmolLM2 at `Q4_1` amplifies that over its layers to up to a few tenths of a nat in
+/// a log-probability), as llama.cpp's own batched kernels (`Q4_K`, `Q6_K`, the tiled
+/// attention) do to its server's streams.
 pub fn numerics_for(sequences: usize) -> Numerics {
     match (policy(), sequences > 1) {
         (Policy::Fast, _) | (Policy::Batched, true) => Numerics::Fast,
