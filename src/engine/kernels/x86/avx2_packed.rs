@@ -309,6 +309,12 @@ unsafe fn halves_fast<const T: usize, const F: u8, const HB: bool, const H: usiz
                 let h = h0 + i;
                 let wv = values::<F, HB>(col, h);
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(col.add(16 * h).cast()));
+                // `Q4_1` / `Q5_1`: the rows' minima, for every token.
+                let m = if Fmt::<F>::MIN {
+                    _mm256_cvtph_ps(_mm_loadu_si128(col.add(Fmt::<F>::M_AT + 16 * h).cast()))
+                } else {
+                    _mm256_setzero_ps()
+                };
                 for (t, acc) in acc.iter_mut().enumerate() {
                     let x = &*x.add(t * arow + b * XB).cast::<BlockQ8s>();
                     // No closures here: they would not inherit the target features.
@@ -350,9 +356,7 @@ unsafe fn halves_fast<const T: usize, const F: u8, const HB: bool, const H: usiz
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
                     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, *acc);
                     if Fmt::<F>::MIN {
-                        let m = Fmt::<F>::M_AT + 16 * h;
-                        let c = _mm256_cvtph_ps(_mm_loadu_si128(col.add(m).cast()));
-                        *acc = _mm256_fmadd_ps(c, _mm256_set1_ps(x.s), *acc);
+                        *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(x.s), *acc);
                     }
                 }
             }

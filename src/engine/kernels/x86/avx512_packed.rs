@@ -194,6 +194,12 @@ unsafe fn tile_fast<const T: usize, const F: u8>(
         unsafe {
             let wv = values32::<F>(col);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
+            // `Q4_1` / `Q5_1`: the rows' minima, for every token.
+            let m = if Fmt::<F>::MIN {
+                _mm512_cvtph_ps(_mm256_loadu_si256(col.add(Fmt::<F>::M_AT).cast()))
+            } else {
+                _mm512_setzero_ps()
+            };
             for t in 0..T {
                 let x = &*x0.add(t * arow).cast::<BlockQ8s>();
                 let mut s = [_mm512_setzero_si512(); 2];
@@ -208,7 +214,6 @@ unsafe fn tile_fast<const T: usize, const F: u8>(
                 let scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.d));
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[t]);
                 if Fmt::<F>::MIN {
-                    let m = _mm512_cvtph_ps(_mm256_loadu_si256(col.add(Fmt::<F>::M_AT).cast()));
                     acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), acc[t]);
                 }
             }
