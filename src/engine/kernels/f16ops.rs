@@ -364,6 +364,8 @@ mod tests {
         // wider than the register budget, odd head sizes on the portable path.
         for (hd, g, n, stride) in [
             (64, 3, 32, 32),
+            (64, 3, 48, 64),
+            (64, 4, 31, 32),
             (64, 7, 19, 32),
             (128, 5, 5, 32),
             (256, 2, 17, 32),
@@ -385,6 +387,12 @@ mod tests {
                         (got - want).abs() < 1e-4 * want.abs().max(1.0),
                         "scores {hd} {h} {p}: {got} vs {want}"
                     );
+                    // Every path sums each position's products over the dimensions in order,
+                    // so the prefill's scores keep the portable loop's bits.
+                    let fold = (0..hd).fold(0f32, |s, i| {
+                        kt[i * stride + p].to_f32().mul_add(q[h * hd + i], s)
+                    }) * 0.125;
+                    assert_eq!(s[h * n + p], fold, "scores {hd} {g} {n}: {h} {p}");
                 }
             }
             let rows = halves(&data((n - 1) * (g * hd) + hd, 5));

@@ -84,6 +84,53 @@ pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
     });
 }
 
+/// [`parallel_for`], where each thread claims its next index before it runs the current one
+/// and calls `ahead` on it first: the memory the next item reads (attention's keys and values)
+/// is then on its way while this one computes, instead of each item waiting for its own.
+pub fn parallel_for_ahead(n: usize, ahead: &(dyn Fn(usize) + Sync), f: &(dyn Fn(usize) + Sync)) {
+    let chunks = pool::Chunks::new(n);
+    pool::run(&|_| {
+        let mut cur = chunks.claim();
+        if let Some(i) = cur {
+            ahead(i);
+        }
+        while let Some(i) = cur {
+            cur = chunks.claim();
+            if let Some(j) = cur {
+                ahead(j);
+            }
+            f(i);
+        }
+    });
+}
+
+/// Runs `f(t, a_t, b_t)` for every row `t` of `a` (rows of `aw`) and `b` (rows of `bw`, as
+/// many), on the kernels' pool: for the per-row work between two products of a batch (RoPE,
+/// cache writes, gates), which one thread would do while the others wait.
+pub fn for_rows2(
+    a: &mut [f32],
+    aw: usize,
+    b: &mut [f32],
+    bw: usize,
+    f: &(dyn Fn(usize, &mut [f32], &mut [f32]) + Sync),
+) {
+    assert!(aw > 0 && a.len().is_multiple_of(aw), "for_rows2: rows of a");
+    let n = a.len() / aw;
+    assert_eq!(b.len(), n * bw, "for_rows2: rows of b");
+    let (pa, pb) = (SyncPtr(a.as_mut_ptr()), SyncPtr(b.as_mut_ptr()));
+    parallel_for(n, &|t| {
+        // SAFETY: `parallel_for` hands out each `t < n` once, so these rows are disjoint from
+        // every other call's, and `a`, `b` stay borrowed until it returns.
+        let (ra, rb) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(pa.get().add(t * aw), aw),
+                std::slice::from_raw_parts_mut(pb.get().add(t * bw), bw),
+            )
+        };
+        f(t, ra, rb)
+    });
+}
+
 use blocks::{BlockQ8K, BlockQ8s, BlockQ8x2};
 use isa::Act;
 use std::cell::RefCell;

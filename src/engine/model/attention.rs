@@ -102,6 +102,16 @@ pub fn attend(
     } else {
         1
     };
+    let part_of = |it: &Item, span| Part {
+        pool,
+        seq: &seqs[batch.seq[it.t]],
+        il,
+        kvh: it.kvh,
+        hd,
+        span,
+        scale: cfg.attn_scale,
+        kernel: kernel(it.t),
+    };
     let item = |i: usize| {
         let it = &items[i];
         let row0 = (it.t * cfg.n_head + it.kvh * group) * hd;
@@ -137,16 +147,32 @@ pub fn attend(
                 return;
             }
             let mut parts = vec![0f32; n_chunks * per];
-            for (c, p) in chunks(it.span.clone()).zip(parts.chunks_exact_mut(per)) {
+            let mut cs = chunks(it.span.clone()).peekable();
+            let mut ps = parts.chunks_exact_mut(per);
+            while let (Some(c), Some(p)) = (cs.next(), ps.next()) {
+                // The first chunk was fetched ahead of the item; each later one while the
+                // previous computes.
+                if let Some(next) = cs.peek() {
+                    part(next.clone()).prefetch();
+                }
                 let (o, stats) = p.split_at_mut(gq);
                 part(c).attend(q, o, stats, false, scratch);
             }
             merge(&parts, group, hd, y);
         });
     };
-    kernels::parallel_for(items.len().div_ceil(per_task), &|k| {
-        (k * per_task..((k + 1) * per_task).min(items.len())).for_each(item)
-    });
+    let task = |k: usize| k * per_task..((k + 1) * per_task).min(items.len());
+    kernels::parallel_for_ahead(
+        items.len().div_ceil(per_task),
+        &|k| {
+            for it in &items[task(k)] {
+                if let Some(first) = chunks(it.span.clone()).next() {
+                    part_of(it, first).prefetch();
+                }
+            }
+        },
+        &|k| task(k).for_each(item),
+    );
     if per_chunk {
         // Merge the chunks of split spans (items of one (token, KV head) are consecutive).
         let mut i = 0;
@@ -346,7 +372,6 @@ impl Part<'_> {
         scratch: &mut Scratch,
     ) {
         let g = q.len() / self.hd;
-        self.prefetch();
         match self.kernel {
             Kernel::Row => self.attend_row(q, o, stats, scratch),
             Kernel::Tiled => self.attend_tiled(q, o, stats, scratch),

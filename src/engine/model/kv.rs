@@ -22,6 +22,9 @@ use half::f16;
 
 use crate::engine::error::{EngineError, Result};
 
+mod write;
+pub use write::KvWriter;
+
 /// Positions per block.
 pub const BLOCK: usize = 32;
 
@@ -240,19 +243,7 @@ impl KvPool {
         let (kb, vb, hd) = (self.base(layer, 0), self.base(layer, 1), self.head_dim);
         let d = self.kv_dim;
         assert!(k.len() == d && v.len() == d, "KvPool::write: row lengths");
-        let block = &mut self.blocks[id];
-        for (h, v) in v.chunks_exact(hd).enumerate() {
-            let at = vb + (h * BLOCK + pos % BLOCK) * hd;
-            to_halves(v, &mut block[at..at + hd]);
-        }
-        let mut kh = [f16::ZERO; 256];
-        for (c0, k) in k.chunks(kh.len()).enumerate() {
-            let kh = &mut kh[..k.len()];
-            to_halves(k, kh);
-            for (c, &h) in kh.iter().enumerate() {
-                block[kb + (c0 * 256 + c) * BLOCK + pos % BLOCK] = h;
-            }
-        }
+        write::store(&mut self.blocks[id], kb, vb, hd, pos % BLOCK, k, v);
     }
 
     /// The key row (all KV heads) of one position, gathered from the transposed block.

@@ -605,4 +605,36 @@ fn packed_q6k_batches_give_a_token_the_same_bits_in_any_pass() {
     }
 }
 
+/// The per-row helpers hand every row to exactly one call, with its own rows of both
+/// matrices, and `ahead` sees every index before `f` does.
+#[test]
+fn row_helpers_visit_every_row_once() {
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    for n in [1, 2, 7, 64] {
+        let mut a: Vec<f32> = (0..3 * n).map(|i| i as f32).collect();
+        let mut b = vec![0f32; 2 * n];
+        for_rows2(&mut a, 3, &mut b, 2, &|t, ra, rb| {
+            assert_eq!(ra[0], (3 * t) as f32, "row {t} of a");
+            ra.iter_mut().for_each(|v| *v = -*v);
+            rb.fill(t as f32);
+        });
+        assert!(a.iter().enumerate().all(|(i, &v)| v == -(i as f32)));
+        assert!(b.iter().enumerate().all(|(i, &v)| v == (i / 2) as f32));
+
+        let seen: Vec<(AtomicU32, AtomicU32)> =
+            (0..n).map(|_| (AtomicU32::new(0), AtomicU32::new(0))).collect();
+        parallel_for_ahead(
+            n,
+            &|i| {
+                seen[i].0.fetch_add(1, Relaxed);
+            },
+            &|i| {
+                assert_eq!(seen[i].0.load(Relaxed), 1, "ahead before item {i}");
+                seen[i].1.fetch_add(1, Relaxed);
+            },
+        );
+        assert!(seen.iter().all(|(a, f)| a.load(Relaxed) == 1 && f.load(Relaxed) == 1));
+    }
+}
+
 mod order;

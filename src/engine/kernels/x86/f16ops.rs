@@ -23,11 +23,14 @@ unsafe fn load16(p: *const f16, n: usize) -> __m512 {
     }
 }
 
-/// `H` heads of 16 positions from `p0` (`lanes` of them valid), accumulators in registers.
+/// `H` heads of `16 · P` positions from `p0` (`lanes` of them valid), accumulators in
+/// registers. Each accumulator sums its 16 positions over the dimensions in order, whatever
+/// `P`: two vectors per head only give the fused multiply-adds of few heads independent chains
+/// to overlap (3 heads of one vector each wait on their 4-cycle latency).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn scores_pass<const H: usize>(
+unsafe fn scores_pass<const H: usize, const P: usize>(
     kt: &[f16],
     stride: usize,
     (p0, lanes): (usize, usize),
@@ -37,20 +40,29 @@ unsafe fn scores_pass<const H: usize>(
     scale: __m512,
     (out, n): (&mut [f32], usize),
 ) {
-    let mut acc = [_mm512_setzero_ps(); H];
+    let mut acc = [[_mm512_setzero_ps(); P]; H];
+    let part = |v: usize| lanes.saturating_sub(16 * v).min(16);
     for i in 0..hd {
-        // SAFETY: `i * stride + p0 + lanes <= kt.len()` (checked by the caller).
-        let k = unsafe { load16(kt.as_ptr().add(i * stride + p0), lanes) };
+        let mut k = [_mm512_setzero_ps(); P];
+        for (v, k) in k.iter_mut().enumerate() {
+            // SAFETY: `i * stride + p0 + lanes <= kt.len()` (checked by the caller).
+            *k = unsafe { load16(kt.as_ptr().add(i * stride + p0 + 16 * v), part(v)) };
+        }
         for (j, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_fmadd_ps(k, _mm512_set1_ps(q[(h0 + j) * hd + i]), *a);
+            let qv = _mm512_set1_ps(q[(h0 + j) * hd + i]);
+            for (a, &k) in a.iter_mut().zip(&k) {
+                *a = _mm512_fmadd_ps(k, qv, *a);
+            }
         }
     }
-    let m = ((1u32 << lanes) - 1) as u16;
-    for (j, &a) in acc.iter().enumerate() {
-        // SAFETY: `lanes` floats from `(h0 + j) * n + p0` lie inside `out`.
-        unsafe {
-            let o = out.as_mut_ptr().add((h0 + j) * n + p0);
-            _mm512_mask_storeu_ps(o, m, _mm512_mul_ps(a, scale));
+    for (j, a) in acc.iter().enumerate() {
+        for (v, &a) in a.iter().enumerate() {
+            let m = ((1u32 << part(v)) - 1) as u16;
+            // SAFETY: `part(v)` floats from `(h0 + j) * n + p0 + 16 v` lie inside `out`.
+            unsafe {
+                let o = out.as_mut_ptr().add((h0 + j) * n + p0 + 16 * v);
+                _mm512_mask_storeu_ps(o, m, _mm512_mul_ps(a, scale));
+            }
         }
     }
 }
@@ -69,8 +81,11 @@ pub unsafe fn scores(
 ) {
     let g = q.len() / hd;
     let vs = _mm512_set1_ps(scale);
-    for p0 in (0..n).step_by(16) {
-        let lanes = (n - p0).min(16);
+    let mut p0 = 0;
+    while p0 < n {
+        // Two vectors of positions a pass while both have some and the heads are few.
+        let two = n - p0 > 16 && g <= 4;
+        let lanes = (n - p0).min(if two { 32 } else { 16 });
         let mut h0 = 0;
         while h0 < g {
             let h = (g - h0).min(8);
@@ -79,19 +94,24 @@ pub unsafe fn scores(
             unsafe {
                 let (kt, st, pl, q, hd, h0, vs) = args;
                 let o = (&mut *out, n);
-                match h {
-                    1 => scores_pass::<1>(kt, st, pl, q, hd, h0, vs, o),
-                    2 => scores_pass::<2>(kt, st, pl, q, hd, h0, vs, o),
-                    3 => scores_pass::<3>(kt, st, pl, q, hd, h0, vs, o),
-                    4 => scores_pass::<4>(kt, st, pl, q, hd, h0, vs, o),
-                    5 => scores_pass::<5>(kt, st, pl, q, hd, h0, vs, o),
-                    6 => scores_pass::<6>(kt, st, pl, q, hd, h0, vs, o),
-                    7 => scores_pass::<7>(kt, st, pl, q, hd, h0, vs, o),
-                    _ => scores_pass::<8>(kt, st, pl, q, hd, h0, vs, o),
+                match (h, two) {
+                    (1, true) => scores_pass::<1, 2>(kt, st, pl, q, hd, h0, vs, o),
+                    (2, true) => scores_pass::<2, 2>(kt, st, pl, q, hd, h0, vs, o),
+                    (3, true) => scores_pass::<3, 2>(kt, st, pl, q, hd, h0, vs, o),
+                    (_, true) => scores_pass::<4, 2>(kt, st, pl, q, hd, h0, vs, o),
+                    (1, _) => scores_pass::<1, 1>(kt, st, pl, q, hd, h0, vs, o),
+                    (2, _) => scores_pass::<2, 1>(kt, st, pl, q, hd, h0, vs, o),
+                    (3, _) => scores_pass::<3, 1>(kt, st, pl, q, hd, h0, vs, o),
+                    (4, _) => scores_pass::<4, 1>(kt, st, pl, q, hd, h0, vs, o),
+                    (5, _) => scores_pass::<5, 1>(kt, st, pl, q, hd, h0, vs, o),
+                    (6, _) => scores_pass::<6, 1>(kt, st, pl, q, hd, h0, vs, o),
+                    (7, _) => scores_pass::<7, 1>(kt, st, pl, q, hd, h0, vs, o),
+                    _ => scores_pass::<8, 1>(kt, st, pl, q, hd, h0, vs, o),
                 }
             }
             h0 += h;
         }
+        p0 += lanes;
     }
 }
 
