@@ -104,16 +104,13 @@ pub fn parallel_for_ahead(n: usize, ahead: &(dyn Fn(usize) + Sync), f: &(dyn Fn(
     });
 }
 
+/// Per-row work of [`for_rows2`]: `f(t, a_t, b_t)`.
+pub type RowFn<'a> = dyn Fn(usize, &mut [f32], &mut [f32]) + Sync + 'a;
+
 /// Runs `f(t, a_t, b_t)` for every row `t` of `a` (rows of `aw`) and `b` (rows of `bw`, as
 /// many), on the kernels' pool: for the per-row work between two products of a batch (RoPE,
 /// cache writes, gates), which one thread would do while the others wait.
-pub fn for_rows2(
-    a: &mut [f32],
-    aw: usize,
-    b: &mut [f32],
-    bw: usize,
-    f: &(dyn Fn(usize, &mut [f32], &mut [f32]) + Sync),
-) {
+pub fn for_rows2(a: &mut [f32], aw: usize, b: &mut [f32], bw: usize, f: &RowFn) {
     assert!(aw > 0 && a.len().is_multiple_of(aw), "for_rows2: rows of a");
     let n = a.len() / aw;
     assert_eq!(b.len(), n * bw, "for_rows2: rows of b");

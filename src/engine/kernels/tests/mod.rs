@@ -621,8 +621,9 @@ fn row_helpers_visit_every_row_once() {
         assert!(a.iter().enumerate().all(|(i, &v)| v == -(i as f32)));
         assert!(b.iter().enumerate().all(|(i, &v)| v == (i / 2) as f32));
 
-        let seen: Vec<(AtomicU32, AtomicU32)> =
-            (0..n).map(|_| (AtomicU32::new(0), AtomicU32::new(0))).collect();
+        let seen: Vec<(AtomicU32, AtomicU32)> = (0..n)
+            .map(|_| (AtomicU32::new(0), AtomicU32::new(0)))
+            .collect();
         parallel_for_ahead(
             n,
             &|i| {
@@ -633,7 +634,10 @@ fn row_helpers_visit_every_row_once() {
                 seen[i].1.fetch_add(1, Relaxed);
             },
         );
-        assert!(seen.iter().all(|(a, f)| a.load(Relaxed) == 1 && f.load(Relaxed) == 1));
+        assert!(
+            seen.iter()
+                .all(|(a, f)| a.load(Relaxed) == 1 && f.load(Relaxed) == 1)
+        );
     }
 }
 

@@ -169,7 +169,10 @@ mod tests {
             assert_eq!(serial.key(&a[s], 2, pos), parallel.key(&b[s], 2, pos));
             assert_eq!(serial.value(&a[s], 2, pos), parallel.value(&b[s], 2, pos));
         }
-        assert_eq!(parallel.key(&b[1], 2, BLOCK + 2)[1], half::f16::from_f32(111.0));
+        assert_eq!(
+            parallel.key(&b[1], 2, BLOCK + 2)[1],
+            half::f16::from_f32(111.0)
+        );
     }
 
     #[test]
