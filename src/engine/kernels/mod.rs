@@ -374,6 +374,19 @@ pub fn prefetch_write<T>(data: &[T]) {
     let _ = (p, len);
 }
 
+/// [`prefetch_write`] of the one line holding `p` (any address: a prefetch never faults).
+#[inline]
+pub fn prefetch_write_at<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
+        // SAFETY: prefetching never faults and does not change memory.
+        unsafe { _mm_prefetch::<_MM_HINT_ET0>(p.cast()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// A row product's dot products: llama.cpp's one-row order, and where a kernel differs for its
 /// multi-row order, that kernel and how many leading tokens take it.
 #[derive(Clone, Copy)]

@@ -243,7 +243,18 @@ impl KvPool {
         let (kb, vb, hd) = (self.base(layer, 0), self.base(layer, 1), self.head_dim);
         let d = self.kv_dim;
         assert!(k.len() == d && v.len() == d, "KvPool::write: row lengths");
-        write::store(&mut self.blocks[id], kb, vb, hd, pos % BLOCK, k, v);
+        let block = &mut self.blocks[id];
+        // SAFETY: `block` is this call's alone (the pool is borrowed mutably).
+        unsafe {
+            write::store(
+                block.as_mut_ptr(),
+                block.len(),
+                (kb, vb, hd),
+                pos % BLOCK,
+                k,
+                v,
+            )
+        };
     }
 
     /// The key row (all KV heads) of one position, gathered from the transposed block.

@@ -14,8 +14,10 @@ use super::{BLOCK, KvPool, SeqKv, to_halves};
 
 /// Writes rows `0..n` of one layer of a batch, each into its own slot, from any thread.
 pub struct KvWriter<'a> {
-    /// The pool's blocks: only the slots below are written through it.
-    blocks: *mut Box<[f16]>,
+    /// Each row's block: only the row's slot is written through it.
+    blocks: Vec<*mut f16>,
+    /// Halves per block.
+    block_len: usize,
     /// Block id and position within the block of each row.
     slots: Vec<(u32, u16)>,
     taken: Vec<AtomicBool>,
@@ -27,9 +29,10 @@ pub struct KvWriter<'a> {
     _pool: std::marker::PhantomData<&'a mut KvPool>,
 }
 
-// SAFETY: the writer holds the pool mutably borrowed, and writes through `blocks` only to the
-// slots checked distinct in `KvPool::writer`, each at most once (`taken`), so no two threads
-// write the same element and nothing reads them meanwhile.
+// SAFETY: the writer holds the pool mutably borrowed, and writes through `blocks` (element by
+// element, never through a reference to a whole block) only to the slots checked distinct in
+// `KvPool::writer`, each at most once (`taken`), so no two threads write the same element and
+// nothing reads them meanwhile.
 unsafe impl Sync for KvWriter<'_> {}
 // SAFETY: as above.
 unsafe impl Send for KvWriter<'_> {}
@@ -58,12 +61,24 @@ impl KvPool {
             "KvPool::writer: two rows of one batch write one cache slot"
         );
         let taken = slots.iter().map(|_| AtomicBool::new(false)).collect();
+        // One pointer per block, taken once: rows that share a block write through the same
+        // pointer, never through a reference to the whole block.
+        let mut at: Vec<(u32, *mut f16)> = Vec::with_capacity(sorted.len());
+        for &(id, _) in &sorted {
+            if at.last().is_none_or(|&(last, _)| last != id) {
+                at.push((id, self.blocks[id as usize].as_mut_ptr()));
+            }
+        }
+        let blocks = (slots.iter())
+            .map(|&(id, _)| at[at.partition_point(|&(b, _)| b < id)].1)
+            .collect();
         KvWriter {
             kb: self.base(layer, 0),
             vb: self.base(layer, 1),
             kv_dim: self.kv_dim,
             head_dim: self.head_dim,
-            blocks: self.blocks.as_mut_ptr(),
+            block_len: self.block_len(),
+            blocks,
             slots,
             taken,
             _pool: std::marker::PhantomData,
@@ -93,41 +108,54 @@ impl KvWriter<'_> {
             !self.taken[t].swap(true, Relaxed),
             "KvWriter::write: row {t} written twice"
         );
-        let (id, slot) = self.slots[t];
-        // SAFETY: block `id` exists (its id came from a sequence's table); this row's slot is
-        // distinct from every other row's and written once (see the `Sync` impl), so the
-        // elements written below are this call's alone.
-        let block = unsafe { &mut **self.blocks.add(id as usize) };
-        store(block, self.kb, self.vb, self.head_dim, slot as usize, k, v);
+        let slot = self.slots[t].1 as usize;
+        let offsets = (self.kb, self.vb, self.head_dim);
+        // SAFETY: `blocks[t]` points at a live block of `block_len` halves (the pool stays
+        // borrowed); this row's slot is distinct from every other row's and written once (see
+        // the `Sync` impl), so the elements `store` writes are this call's alone.
+        unsafe { store(self.blocks[t], self.block_len, offsets, slot, k, v) };
     }
 }
 
 /// Stores one position's key (transposed, `[kv_dim][BLOCK]` from `kb`) and value (by head,
-/// `[head][BLOCK][head_dim]` from `vb`) in `block`. The key's lines are asked for first, all at
-/// once: each is a different line, and one store at a time would wait for each in turn.
-pub(super) fn store(
-    block: &mut [f16],
-    kb: usize,
-    vb: usize,
-    hd: usize,
+/// `[head][BLOCK][head_dim]` from `vb`) in the block of `len` halves at `block`, element by
+/// element. The key's lines are asked for first, all at once: each is a different line, and
+/// one store at a time would wait for each in turn.
+///
+/// # Safety
+/// `block` points at `len` halves that no one else reads or writes at this slot meanwhile.
+pub(super) unsafe fn store(
+    block: *mut f16,
+    len: usize,
+    (kb, vb, hd): (usize, usize, usize),
     slot: usize,
     k: &[f32],
     v: &[f32],
 ) {
-    let keys = &mut block[kb..kb + k.len() * BLOCK];
-    for line in keys.chunks(BLOCK) {
-        crate::engine::kernels::prefetch_write(&line[slot..=slot]);
+    let d = k.len();
+    assert!(
+        slot < BLOCK && kb + d * BLOCK <= len && vb + d * BLOCK <= len && d.is_multiple_of(hd),
+        "KV store: slot {slot} outside the block"
+    );
+    for c in 0..d {
+        crate::engine::kernels::prefetch_write_at(block.wrapping_add(kb + c * BLOCK + slot));
     }
-    for (h, v) in v.chunks_exact(hd).enumerate() {
-        let at = vb + (h * BLOCK + slot) * hd;
-        to_halves(v, &mut block[at..at + hd]);
+    let mut h = [f16::ZERO; 256];
+    for (h0, v) in v.chunks_exact(hd).enumerate() {
+        let at = vb + (h0 * BLOCK + slot) * hd;
+        for (c, v) in v.chunks(h.len()).enumerate() {
+            let h = &mut h[..v.len()];
+            to_halves(v, h);
+            // SAFETY: `at + hd <= vb + d * BLOCK <= len` (asserted), inside the block.
+            unsafe { std::ptr::copy_nonoverlapping(h.as_ptr(), block.add(at + 256 * c), h.len()) };
+        }
     }
-    let mut kh = [f16::ZERO; 256];
-    for (c0, k) in k.chunks(kh.len()).enumerate() {
-        let kh = &mut kh[..k.len()];
-        to_halves(k, kh);
-        for (c, &h) in kh.iter().enumerate() {
-            block[kb + (c0 * 256 + c) * BLOCK + slot] = h;
+    for (c0, k) in k.chunks(h.len()).enumerate() {
+        let h = &mut h[..k.len()];
+        to_halves(k, h);
+        for (c, &x) in h.iter().enumerate() {
+            // SAFETY: `kb + (c0 * 256 + c) * BLOCK + slot < kb + d * BLOCK <= len`.
+            unsafe { block.add(kb + (c0 * 256 + c) * BLOCK + slot).write(x) };
         }
     }
 }
