@@ -160,6 +160,24 @@ fn exp_minus_impl(x: &[f32], m: f32, out: &mut [f32]) {
 }
 
 #[inline(always)]
+fn max_impl(x: &[f32]) -> f32 {
+    // Sixteen running maxima, which vectorize (a fold of `f32::max` stays scalar: a chain of
+    // dependent comparisons), reduced at the end. A NaN never wins, as with `f32::max`.
+    let mut m = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (m, &v) in m.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    m.iter().fold(tail, |a, &v| a.max(v))
+}
+
+#[inline(always)]
 fn exp_shifted_impl(x: &mut [f32]) -> (f32, f32) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     if max == f32::NEG_INFINITY {
@@ -209,6 +227,11 @@ fn scale_impl(x: &mut [f32], s: f32) {
     x.iter_mut().for_each(|a| *a *= s);
 }
 
+multiversion!(
+    /// The largest element (`-inf` for none; NaNs are passed over), the same value as a fold of
+    /// `f32::max` in any order.
+    pub fn max(x: &[f32]) -> f32 => max_impl
+);
 multiversion!(
     /// `x[i] = e^(x[i] - max)`, returning `(max, Σ x[i])`: an unnormalized softmax, for
     /// softmaxes computed in parts and merged (`max` is `-inf` and nothing changes when every
@@ -328,6 +351,25 @@ mod tests {
         assert!((exp_approx(-100.0) as f64 - (-100f64).exp()).abs() < 1e-45);
         assert_eq!(exp_approx(1000.0), f32::INFINITY);
         assert!(exp_approx(88.5).is_finite());
+    }
+
+    #[test]
+    fn max_is_the_fold_of_f32_max() {
+        for n in [0, 1, 15, 16, 17, 64, 100] {
+            let mut x = data(n, 9);
+            assert_eq!(
+                max(&x),
+                x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)),
+                "{n}"
+            );
+            if n > 3 {
+                // A NaN is passed over, in the vector lanes and in the tail.
+                x[1] = f32::NAN;
+                x[n - 1] = f32::NAN;
+                assert_eq!(max(&x), x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)));
+            }
+        }
+        assert_eq!(max(&[f32::NEG_INFINITY; 20]), f32::NEG_INFINITY);
     }
 
     #[test]

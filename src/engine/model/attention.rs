@@ -477,7 +477,7 @@ impl Part<'_> {
             for h in 0..g {
                 let sl = &w[h * n + a - lo..h * n + b - lo];
                 let eh = &mut e[h * TILE..(h + 1) * TILE];
-                let top = sl.iter().fold(f32::NEG_INFINITY, |x, &v| x.max(v));
+                let top = ops::max(sl);
                 let mn = m[h].max(top);
                 if mn > m[h] {
                     let ms = (m[h] - mn).exp();
