@@ -115,16 +115,7 @@ pub fn attend(
     let item = |i: usize| {
         let it = &items[i];
         let row0 = (it.t * cfg.n_head + it.kvh * group) * hd;
-        let part = |span| Part {
-            pool,
-            seq: &seqs[batch.seq[it.t]],
-            il,
-            kvh: it.kvh,
-            hd,
-            span,
-            scale: cfg.attn_scale,
-            kernel: kernel(it.t),
-        };
+        let part = |span| part_of(it, span);
         let q = &q[row0..row0 + gq];
         SCRATCH.with_borrow_mut(|scratch| {
             if per_chunk && it.span != spans[it.t] {
