@@ -115,16 +115,22 @@ pub fn for_rows2(a: &mut [f32], aw: usize, b: &mut [f32], bw: usize, f: &RowFn) 
     let n = a.len() / aw;
     assert_eq!(b.len(), n * bw, "for_rows2: rows of b");
     let (pa, pb) = (SyncPtr(a.as_mut_ptr()), SyncPtr(b.as_mut_ptr()));
-    parallel_for(n, &|t| {
-        // SAFETY: `parallel_for` hands out each `t < n` once, so these rows are disjoint from
-        // every other call's, and `a`, `b` stay borrowed until it returns.
-        let (ra, rb) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(pa.get().add(t * aw), aw),
-                std::slice::from_raw_parts_mut(pb.get().add(t * bw), bw),
-            )
-        };
-        f(t, ra, rb)
+    // Runs of consecutive rows for a long batch (a prompt): its neighbouring rows write the
+    // same cache lines (a transposed key line holds 32 positions), which two threads taking
+    // alternate rows would pass back and forth.
+    let grain = (n / (8 * threads())).max(1);
+    parallel_for(n.div_ceil(grain), &|c| {
+        for t in c * grain..((c + 1) * grain).min(n) {
+            // SAFETY: `parallel_for` hands out each run once, so row `t < n` is disjoint from
+            // every other call's, and `a`, `b` stay borrowed until it returns.
+            let (ra, rb) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(pa.get().add(t * aw), aw),
+                    std::slice::from_raw_parts_mut(pb.get().add(t * bw), bw),
+                )
+            };
+            f(t, ra, rb)
+        }
     });
 }
 
