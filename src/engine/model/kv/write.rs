@@ -14,12 +14,10 @@ use super::{BLOCK, KvPool, SeqKv, to_halves};
 
 /// Writes rows `0..n` of one layer of a batch, each into its own slot, from any thread.
 pub struct KvWriter<'a> {
-    /// Each row's block: only the row's slot is written through it.
-    blocks: Vec<*mut f16>,
+    /// Each row's block and position within it: only that slot is written through the pointer.
+    rows: Vec<(*mut f16, u16)>,
     /// Halves per block.
     block_len: usize,
-    /// Block id and position within the block of each row.
-    slots: Vec<(u32, u16)>,
     taken: Vec<AtomicBool>,
     /// Offsets of the layer's keys and values in a block.
     kb: usize,
@@ -29,7 +27,7 @@ pub struct KvWriter<'a> {
     _pool: std::marker::PhantomData<&'a mut KvPool>,
 }
 
-// SAFETY: the writer holds the pool mutably borrowed, and writes through `blocks` (element by
+// SAFETY: the writer holds the pool mutably borrowed, and writes through `rows` (element by
 // element, never through a reference to a whole block) only to the slots checked distinct in
 // `KvPool::writer`, each at most once (`taken`), so no two threads write the same element and
 // nothing reads them meanwhile.
@@ -51,35 +49,34 @@ impl KvPool {
         rows: impl Iterator<Item = (usize, usize)>,
     ) -> KvWriter<'a> {
         assert!(layer < self.n_layer, "KvPool::writer: layer {layer}");
-        let slots: Vec<(u32, u16)> = rows
-            .map(|(s, pos)| (seqs[s].blocks[pos / BLOCK], (pos % BLOCK) as u16))
+        // (block, slot, row), sorted: equal slots end up side by side, and each block's
+        // pointer is taken once, so rows that share a block write through one pointer, never
+        // through a reference to the whole block.
+        let mut order: Vec<(u32, u16, usize)> = (rows.enumerate())
+            .map(|(t, (s, pos))| (seqs[s].blocks[pos / BLOCK], (pos % BLOCK) as u16, t))
             .collect();
-        let mut sorted = slots.clone();
-        sorted.sort_unstable();
-        assert!(
-            sorted.windows(2).all(|w| w[0] != w[1]),
-            "KvPool::writer: two rows of one batch write one cache slot"
-        );
-        let taken = slots.iter().map(|_| AtomicBool::new(false)).collect();
-        // One pointer per block, taken once: rows that share a block write through the same
-        // pointer, never through a reference to the whole block.
-        let mut at: Vec<(u32, *mut f16)> = Vec::with_capacity(sorted.len());
-        for &(id, _) in &sorted {
-            if at.last().is_none_or(|&(last, _)| last != id) {
-                at.push((id, self.blocks[id as usize].as_mut_ptr()));
-            }
+        order.sort_unstable();
+        let mut rows = vec![(std::ptr::null_mut(), 0); order.len()];
+        let mut last: Option<(u32, u16, *mut f16)> = None;
+        for &(id, slot, t) in &order {
+            let ptr = match last {
+                Some((b, s, _)) if (b, s) == (id, slot) => {
+                    panic!("KvPool::writer: two rows of one batch write one cache slot")
+                }
+                Some((b, _, p)) if b == id => p,
+                _ => self.blocks[id as usize].as_mut_ptr(),
+            };
+            rows[t] = (ptr, slot);
+            last = Some((id, slot, ptr));
         }
-        let blocks = (slots.iter())
-            .map(|&(id, _)| at[at.partition_point(|&(b, _)| b < id)].1)
-            .collect();
+        let taken = rows.iter().map(|_| AtomicBool::new(false)).collect();
         KvWriter {
             kb: self.base(layer, 0),
             vb: self.base(layer, 1),
             kv_dim: self.kv_dim,
             head_dim: self.head_dim,
             block_len: self.block_len(),
-            blocks,
-            slots,
+            rows,
             taken,
             _pool: std::marker::PhantomData,
         }
@@ -89,12 +86,12 @@ impl KvPool {
 impl KvWriter<'_> {
     /// Rows the writer takes.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.rows.len()
     }
 
     /// Whether it takes none.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.rows.is_empty()
     }
 
     /// Writes row `t`'s key and value (rounded to the nearest half).
@@ -108,12 +105,12 @@ impl KvWriter<'_> {
             !self.taken[t].swap(true, Relaxed),
             "KvWriter::write: row {t} written twice"
         );
-        let slot = self.slots[t].1 as usize;
+        let (block, slot) = self.rows[t];
         let offsets = (self.kb, self.vb, self.head_dim);
-        // SAFETY: `blocks[t]` points at a live block of `block_len` halves (the pool stays
+        // SAFETY: `block` points at a live block of `block_len` halves (the pool stays
         // borrowed); this row's slot is distinct from every other row's and written once (see
         // the `Sync` impl), so the elements `store` writes are this call's alone.
-        unsafe { store(self.blocks[t], self.block_len, offsets, slot, k, v) };
+        unsafe { store(block, self.block_len, offsets, slot as usize, k, v) };
     }
 }
 
