@@ -114,6 +114,10 @@ pub fn for_rows2(a: &mut [f32], aw: usize, b: &mut [f32], bw: usize, f: &RowFn) 
     assert!(aw > 0 && a.len().is_multiple_of(aw), "for_rows2: rows of a");
     let n = a.len() / aw;
     assert_eq!(b.len(), n * bw, "for_rows2: rows of b");
+    if n == 1 {
+        // One row (a lone stream's step): not worth waking the pool.
+        return f(0, a, b);
+    }
     let (pa, pb) = (SyncPtr(a.as_mut_ptr()), SyncPtr(b.as_mut_ptr()));
     // Runs of consecutive rows for a long batch (a prompt): its neighbouring rows write the
     // same cache lines (a transposed key line holds 32 positions), which two threads taking
@@ -370,14 +374,9 @@ pub fn prefetch_l2<T>(data: &[T]) {
 #[inline]
 pub fn prefetch_write<T>(data: &[T]) {
     let (p, len) = (data.as_ptr().cast::<u8>(), std::mem::size_of_val(data));
-    #[cfg(target_arch = "x86_64")]
     for i in (0..len).step_by(64) {
-        use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
-        // SAFETY: prefetching never faults and does not change memory.
-        unsafe { _mm_prefetch::<_MM_HINT_ET0>(p.wrapping_add(i).cast()) }
+        prefetch_write_at(p.wrapping_add(i));
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, len);
 }
 
 /// [`prefetch_write`] of the one line holding `p` (any address: a prefetch never faults).

@@ -234,27 +234,14 @@ impl KvPool {
         (layer * 2 + which) * BLOCK * self.kv_dim
     }
 
-    /// Writes the key and value of one position of one layer (rounded to the nearest half).
-    /// Keys are stored transposed within the block (`[kv_dim][BLOCK]`), so that attention
-    /// reads one dimension of 16 positions as one vector; values by KV head
-    /// (`[head][BLOCK][head_dim]`).
+    /// Writes the key and value of one position of one layer (rounded to the nearest half),
+    /// through a [`KvWriter`] of one row. Keys are stored transposed within the block
+    /// (`[kv_dim][BLOCK]`), so that attention reads one dimension of 16 positions as one
+    /// vector; values by KV head (`[head][BLOCK][head_dim]`).
+    #[cfg(test)]
     pub fn write(&mut self, seq: &SeqKv, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let id = seq.blocks[pos / BLOCK] as usize;
-        let (kb, vb, hd) = (self.base(layer, 0), self.base(layer, 1), self.head_dim);
-        let d = self.kv_dim;
-        assert!(k.len() == d && v.len() == d, "KvPool::write: row lengths");
-        let block = &mut self.blocks[id];
-        // SAFETY: `block` is this call's alone (the pool is borrowed mutably).
-        unsafe {
-            write::store(
-                block.as_mut_ptr(),
-                block.len(),
-                (kb, vb, hd),
-                pos % BLOCK,
-                k,
-                v,
-            )
-        };
+        self.writer(layer, std::slice::from_ref(seq), std::iter::once((0, pos)))
+            .write(0, k, v);
     }
 
     /// The key row (all KV heads) of one position, gathered from the transposed block.

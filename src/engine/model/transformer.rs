@@ -98,7 +98,7 @@ impl Transformer {
     }
 
     /// RoPE on every row of `q` and `k`, then each row's key and value into the cache, row by
-    /// row on the kernels' pool when the batch has several (one thread waiting on another
+    /// row on the kernels' pool (one thread waiting on another
     /// core's cache lines was 7% of an 8-sequence step of SmolLM2).
     fn rope_and_cache(
         &self,
@@ -120,11 +120,7 @@ impl Transformer {
             self.rope_row(k, t, table);
             writer.write(t, k, &v[t * kvd..(t + 1) * kvd]);
         };
-        if batch.len() == 1 {
-            row(0, q, k)
-        } else {
-            kernels::for_rows2(q, self.cfg.q_dim(), k, kvd, &row)
-        }
+        kernels::for_rows2(q, self.cfg.q_dim(), k, kvd, &row)
     }
 }
 
@@ -247,11 +243,7 @@ impl Transformer {
                 Activation::Silu => ops::silu_mul(g, u),
                 Activation::GeluTanh => ops::gelu_tanh_mul(g, u),
             };
-            if n == 1 {
-                gate(0, &mut g, &mut u);
-            } else {
-                kernels::for_rows2(&mut g, cfg.ffn_dim, &mut u, cfg.ffn_dim, &gate);
-            }
+            kernels::for_rows2(&mut g, cfg.ffn_dim, &mut u, cfg.ffn_dim, &gate);
             self.linear(&lw.w_down, &g, n, order, &mut o);
             if let Some(pn) = &lw.post_ffn_norm {
                 rms_rows_inplace(&mut o, pn, cfg.rms_eps);

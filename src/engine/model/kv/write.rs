@@ -121,7 +121,7 @@ impl KvWriter<'_> {
 ///
 /// # Safety
 /// `block` points at `len` halves that no one else reads or writes at this slot meanwhile.
-pub(super) unsafe fn store(
+unsafe fn store(
     block: *mut f16,
     len: usize,
     (kb, vb, hd): (usize, usize, usize),
